@@ -1,0 +1,26 @@
+"""User-facing errors.
+
+Everything a user can cause (a bad config value, a missing data file, a checkpoint that does not
+fit) raises a subclass of :class:`FFPipeError`; the entry points turn it into one line on stderr
+and exit code 2. ``assert`` is kept for internal invariants only.
+"""
+
+
+class FFPipeError(ValueError):
+    """Base class: an error the user can fix, reported as one line without a traceback."""
+
+
+class ConfigError(FFPipeError):
+    """An invalid configuration value."""
+
+
+class DataError(FFPipeError):
+    """Missing, corrupt or mismatched data files."""
+
+
+class CheckpointError(FFPipeError):
+    """A checkpoint that cannot be read or does not match the configured model."""
+
+
+class NonFiniteLossError(FFPipeError):
+    """Training produced NaN/inf; carries where it happened."""

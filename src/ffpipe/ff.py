@@ -1,0 +1,207 @@
+"""The Forward-Forward algorithm on one process.
+
+Read top to bottom:
+
+1. labels are written into the first ``num_classes`` input values (one-hot, or 0.1 everywhere for
+   the neutral label);
+2. an :class:`FFLayer` normalizes its input (L2 length or RMS), applies Linear + ReLU, and scores
+   a sample by its goodness (sum or mean of squared activities). Its objective raises goodness on
+   positive data and lowers it on negative data (Hinton's thresholded softplus, or SymBa);
+3. a :class:`PerfOptLayer` (paper section 4.4) instead trains Linear + ReLU + its own softmax head
+   by cross-entropy on neutral-label input, with no negatives;
+4. :func:`train_unit` is the ONE training loop: it trains any trainee (an FF layer, a head, a
+   backprop MLP) for some epochs on tensors already on the device. Sequential FF and every
+   distributed schedule call it; none has a loop of its own.
+
+A layer's *stream* is what flows between layers: for FF one tensor ``[N, 2, D]`` holding each
+sample's positive and negative version side by side (so one gather fetches both, and they go
+through the layer as one batch); for Performance-Optimized layers ``([N, D], labels)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ffpipe.errors import ConfigError, NonFiniteLossError
+
+NORMS, GOODNESS, LOSSES = ("l2", "rms"), ("sum", "mean"), ("hinton", "symba")
+EVAL_CHUNK = 4096  # samples per no-grad forward when propagating whole datasets
+
+
+def check_choice(key: str, value, options) -> None:
+    if value not in options:
+        raise ConfigError(f"{key} must be one of {', '.join(options)}, got {value!r}")
+
+
+def embed_label(x: torch.Tensor, y: torch.Tensor | None, num_classes: int) -> torch.Tensor:
+    """Copy of ``x`` [N, D] with its first ``num_classes`` values replaced by the one-hot label
+    ``y`` [N], or by the neutral label ``1/num_classes`` (0.1 for ten classes) when ``y`` is None."""
+    out = x.clone()
+    if y is None:
+        out[:, :num_classes] = 1.0 / num_classes
+    else:
+        out[:, :num_classes] = F.one_hot(y, num_classes).to(x.dtype)
+    return out
+
+
+def normalize(x: torch.Tensor, kind: str, eps: float = 1e-8) -> torch.Tensor:
+    """Length (``l2``) or root-mean-square (``rms``) normalization over the feature dimension."""
+    if kind == "l2":
+        return x / (x.norm(dim=-1, keepdim=True) + eps)
+    if kind == "rms":
+        return x / (x.pow(2).mean(dim=-1, keepdim=True).sqrt() + eps)
+    raise ConfigError(f"model.norm must be l2 or rms, got {kind!r}")
+
+
+def goodness(h: torch.Tensor, kind: str) -> torch.Tensor:
+    """Per-sample goodness: sum or mean of squared activities over the last dimension."""
+    if kind == "sum":
+        return h.pow(2).sum(dim=-1)
+    if kind == "mean":
+        return h.pow(2).mean(dim=-1)
+    raise ConfigError(f"model.goodness must be sum or mean, got {kind!r}")
+
+
+def ff_loss(g_pos: torch.Tensor, g_neg: torch.Tensor, kind: str, threshold: float, alpha: float) -> torch.Tensor:
+    """``hinton``: softplus(theta - g_pos) + softplus(g_neg - theta), each scaled by ``alpha``;
+    ``symba``: softplus(-alpha * (g_pos - g_neg)) (Lee & Song's symmetric loss)."""
+    if kind == "hinton":
+        return (F.softplus(alpha * (threshold - g_pos)) + F.softplus(alpha * (g_neg - threshold))).mean()
+    if kind == "symba":
+        return F.softplus(-alpha * (g_pos - g_neg)).mean()
+    raise ConfigError(f"model.loss must be hinton or symba, got {kind!r}")
+
+
+class FFLayer(nn.Module):
+    """normalize -> Linear -> ReLU, trained by its local goodness objective."""
+
+    def __init__(self, in_features: int, out_features: int, norm: str = "rms", goodness: str = "mean",
+                 loss: str = "symba", threshold: float = 1.0, alpha: float = 4.0):
+        super().__init__()
+        self.linear = nn.Linear(in_features, out_features)
+        self.norm, self.goodness_kind, self.loss_kind = norm, goodness, loss
+        self.threshold, self.alpha = float(threshold), float(alpha)
+        check_choice("model.norm", norm, NORMS)
+        check_choice("model.goodness", goodness, GOODNESS)
+        check_choice("model.loss", loss, LOSSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.linear(normalize(x, self.norm)))
+
+    def goodness(self, h: torch.Tensor) -> torch.Tensor:
+        return goodness(h, self.goodness_kind)
+
+    def objective(self, pn: torch.Tensor):
+        """``pn`` [B, 2, D]: positives and negatives as one batch. Returns (loss, goodness gap)."""
+        g = self.goodness(self(pn.flatten(0, 1))).view(-1, 2)
+        gap = g[:, 0] - g[:, 1]
+        return ff_loss(g[:, 0], g[:, 1], self.loss_kind, self.threshold, self.alpha), gap.mean()
+
+    @torch.no_grad()
+    def propagate(self, stream):
+        (pn,) = stream
+        n, two, d = pn.shape
+        return (apply_chunked(self, pn.view(n * two, d)).view(n, two, -1),)
+
+
+class PerfOptLayer(nn.Module):
+    """Performance-Optimized PFF layer: normalize -> Linear -> ReLU, plus a private softmax head on
+    the normalized activities; trained end to end by cross-entropy inside layer + head only."""
+
+    def __init__(self, in_features: int, out_features: int, num_classes: int, norm: str = "rms"):
+        super().__init__()
+        self.linear = nn.Linear(in_features, out_features)
+        self.head = nn.Linear(out_features, num_classes)
+        self.norm = norm
+        check_choice("model.norm", norm, NORMS)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.linear(normalize(x, self.norm)))
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        return self.head(normalize(h, self.norm))
+
+    def objective(self, x: torch.Tensor, y: torch.Tensor):
+        logits = self.logits(self(x))
+        return F.cross_entropy(logits, y), (logits.argmax(1) == y).float().mean()
+
+    @torch.no_grad()
+    def propagate(self, stream):
+        x, y = stream
+        return apply_chunked(self, x), y
+
+
+class SoftmaxHead(nn.Module):
+    """Linear softmax classifier on fixed (detached) features; also the perf-opt-free FF readout."""
+
+    def __init__(self, in_features: int, num_classes: int):
+        super().__init__()
+        self.linear = nn.Linear(in_features, num_classes)
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        return self.linear(feats)
+
+    def objective(self, feats: torch.Tensor, y: torch.Tensor):
+        logits = self(feats)
+        return F.cross_entropy(logits, y), (logits.argmax(1) == y).float().mean()
+
+
+@torch.no_grad()
+def apply_chunked(fn, x: torch.Tensor, chunk: int = EVAL_CHUNK) -> torch.Tensor:
+    """``fn`` over ``x`` in row chunks (bounded activation memory), concatenated."""
+    if x.shape[0] <= chunk:
+        return fn(x)
+    return torch.cat([fn(part) for part in x.split(chunk)])
+
+
+@dataclass
+class UnitStats:
+    """What one :func:`train_unit` call measured; tensors stay on the device until read."""
+
+    loss: torch.Tensor  # mean loss over all steps
+    metric: torch.Tensor  # mean goodness gap (FF) or batch accuracy (softmax objectives)
+    steps: int
+    samples: int
+
+
+def train_unit(trainee, inputs: tuple[torch.Tensor, ...], epochs: int, batch_size: int,
+               generator: torch.Generator, first_epoch: int) -> UnitStats:
+    """Train ``trainee`` for ``epochs`` epochs on ``inputs`` (tensors aligned on dim 0, on the device).
+
+    Each epoch draws a fresh on-device permutation and steps the trainee's optimizer once per
+    minibatch of ``batch_size`` samples. ``first_epoch`` is the global index of the first epoch,
+    which sets the learning-rate cooldown. Per-step losses are written into a device buffer, so the
+    loop never waits on the device; one check at the end names the first non-finite step.
+    """
+    if epochs <= 0:
+        raise ConfigError(f"epochs per call must be positive, got {epochs}")
+    n = inputs[0].shape[0]
+    device = inputs[0].device
+    steps_per_epoch = -(-n // batch_size)
+    losses = torch.empty(epochs * steps_per_epoch, device=device)
+    metric_sum = torch.zeros((), device=device)
+    module, opt = trainee.module, trainee.optimizer
+    module.train()
+    step = 0
+    for e in range(epochs):
+        trainee.set_epoch(first_epoch + e)
+        perm = torch.randperm(n, device=device, generator=generator)
+        for idx in perm.split(batch_size):
+            loss, metric = module.objective(*(t[idx] for t in inputs))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            losses[step] = loss.detach()
+            metric_sum += metric.detach()
+            step += 1
+    finite = torch.isfinite(losses)
+    if not bool(finite.all()):  # the one host sync per call
+        bad = int((~finite).nonzero()[0])
+        raise NonFiniteLossError(
+            f"non-finite loss in {trainee.name} at epoch {first_epoch + bad // steps_per_epoch} "
+            f"step {bad % steps_per_epoch} (lower the learning rate, or check the input data)")
+    return UnitStats(losses.mean(), metric_sum / step, step, n * epochs)

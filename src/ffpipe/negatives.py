@@ -1,0 +1,115 @@
+"""Negative labels for supervised FF (the paper's RandomNEG, FixedNEG and AdaptiveNEG).
+
+Every sampler returns, per training sample, a label that is never the true one. All of them work
+on whole label tensors on the device; AdaptiveNEG scores every label for every sample in one
+batched pass of the network (:meth:`ffpipe.model.FFNet.goodness_scores`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ffpipe.errors import ConfigError
+
+
+def wrong_labels(y: torch.Tensor, num_classes: int, generator: torch.Generator) -> torch.Tensor:
+    """A uniformly random label different from ``y``, for every sample."""
+    shift = torch.randint(1, num_classes, y.shape, device=y.device, generator=generator)
+    return (y + shift) % num_classes
+
+
+class RandomNeg:
+    """New random wrong labels every chapter."""
+
+    name = "random"
+
+    def labels(self, chapter, net, x, y, generator):
+        return wrong_labels(y, net.num_classes, generator)
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+class FixedNeg:
+    """One random wrong label per sample, drawn once at the start and kept."""
+
+    name = "fixed"
+
+    def __init__(self):
+        self.fixed: torch.Tensor | None = None
+
+    def labels(self, chapter, net, x, y, generator):
+        if self.fixed is None or self.fixed.shape != y.shape:
+            self.fixed = wrong_labels(y, net.num_classes, generator)
+        return self.fixed
+
+    def state_dict(self) -> dict:
+        return {} if self.fixed is None else {"fixed": self.fixed.cpu()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.fixed = state.get("fixed")
+
+
+class AdaptiveNeg:
+    """The most-predicted wrong label under the current network, recomputed every ``every``
+    chapters. Before the network has trained at all (chapter 0) there is no prediction to adapt
+    to, so chapter 0 uses random wrong labels."""
+
+    name = "adaptive"
+
+    def __init__(self, every: int = 1, skip_first: bool = True):
+        if int(every) < 1:
+            raise ConfigError(f"negatives.every must be >= 1, got {every}")
+        self.every, self.skip = int(every), 1 if skip_first else 0
+        self.current: torch.Tensor | None = None
+
+    def labels(self, chapter, net, x, y, generator):
+        if chapter == 0 and self.current is None:
+            self.current = wrong_labels(y, net.num_classes, generator)
+        elif chapter % self.every == 0 or self.current is None or self.current.shape != y.shape:
+            scores = net.goodness_scores(x, min(self.skip, len(net.layers) - 1))
+            scores.scatter_(1, y.unsqueeze(1), float("-inf"))
+            self.current = scores.argmax(1)
+        return self.current
+
+    def state_dict(self) -> dict:
+        return {} if self.current is None else {"current": self.current.cpu()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.current = state.get("current")
+
+
+class NoNeg:
+    """Performance-Optimized layers learn from labels directly and use no negatives."""
+
+    name = "none"
+
+    def labels(self, chapter, net, x, y, generator):
+        return None
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
+def build_negatives(cfg, model_kind: str):
+    if model_kind == "perf_opt":
+        if cfg.name != "none":
+            raise ConfigError(f"model.kind=perf_opt trains without negatives; set negatives=none "
+                              f"(got negatives={cfg.name})")
+        return NoNeg()
+    if cfg.name == "random":
+        return RandomNeg()
+    if cfg.name == "fixed":
+        return FixedNeg()
+    if cfg.name == "adaptive":
+        return AdaptiveNeg(cfg.get("every", 1), cfg.get("skip_first", True))
+    if cfg.name == "none":
+        raise ConfigError("negatives=none only goes with model.kind=perf_opt; FF layers need negatives "
+                          "(random, fixed or adaptive)")
+    raise ConfigError(f"unknown negatives {cfg.name!r}; expected random, fixed, adaptive or none")
