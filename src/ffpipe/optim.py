@@ -12,7 +12,7 @@ from ffpipe.errors import ConfigError
 def build_optimizer(params, name: str, lr: float, weight_decay: float = 0.0, momentum: float = 0.9,
                     betas=(0.9, 0.999)) -> torch.optim.Optimizer:
     if not lr > 0:
-        raise ConfigError(f"learning rate must be > 0, got {lr}")
+        raise ConfigError(f"learning rate must be > 0 (optim.lr, or classifier.lr for the softmax head), got {lr}")
     if weight_decay < 0:
         raise ConfigError(f"weight_decay must be >= 0, got {weight_decay}")
     # Fused kernels (CPU and CUDA) update all parameters in one pass: on a 1000x1000 FF layer the
