@@ -5,8 +5,8 @@ it, so checkpoints written by one schedule load under another. Classification:
 
 - ``goodness``: every label is embedded at once (a ``[C * B, D]`` batch) and the label whose
   goodness, summed over the hidden layers except the first, is highest wins;
-- ``softmax``: a linear softmax head reads the normalized neutral-label activities of the hidden
-  layers except the first, trained on detached features with :func:`~ffpipe.ff.train_unit`;
+- ``softmax``: a linear softmax head reads the (RMS-)normalized neutral-label activities of the
+  hidden layers except the first, trained on detached features with :func:`~ffpipe.ff.train_unit`;
 - Performance-Optimized nets predict from their per-layer heads (``last``, or ``all`` summed).
 """
 
@@ -158,8 +158,10 @@ class SoftmaxClassifier:
         self.head = Trainee("classifier", SoftmaxHead(in_features, net.num_classes), head_optim, total_epochs)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Length-normalized activities at unit RMS scale (L2 direction times sqrt(width)), so the
+        head's learning rate does not depend on the layer widths or on ``model.norm``."""
         acts = self.net.neutral_activities(x)[self.skip:]
-        return torch.cat([normalize(a, self.net.norm) for a in acts], 1)
+        return torch.cat([normalize(a, "rms") for a in acts], 1)
 
     def fit(self, x, y, epochs, batch_size, generator, first_epoch) -> UnitStats:
         return train_unit(self.head, (self.features(x), y), epochs, batch_size, generator, first_epoch)

@@ -74,6 +74,7 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
         raise NonFiniteLossError(f"{e}{last}") from None
     summary = job.summary()
     if env.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         log.info("test accuracy %.4f | train accuracy %.4f | %.1f s training | %.0f samples/s",
                  summary["test_accuracy"], summary["train_accuracy"], summary["train_seconds"],
