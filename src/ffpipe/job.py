@@ -33,10 +33,21 @@ from ffpipe.tracking import Tracker
 log = logging.getLogger("ffpipe")
 
 
+def config_int(value, key: str, minimum: int) -> int:
+    """``value`` as an int >= ``minimum``, or a ConfigError naming ``key``."""
+    try:
+        number = int(value)
+        if number != value and not isinstance(value, str):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key} must be an integer, got {value!r}") from None
+    if number < minimum:
+        raise ConfigError(f"{key} must be >= {minimum}, got {number}")
+    return number
+
+
 def epochs_per_chapter(epochs: int, chapters: int) -> int:
-    if epochs <= 0:
-        raise ConfigError(f"train.epochs must be positive, got {epochs}")
-    if chapters <= 0 or epochs % chapters:
+    if epochs % chapters:
         raise ConfigError(f"train.chapters must be a positive divisor of train.epochs (every chapter "
                           f"trains epochs/chapters whole epochs); got epochs={epochs}, chapters={chapters}")
     return epochs // chapters
@@ -46,19 +57,16 @@ class Job:
     def __init__(self, cfg, env: DistEnv, data: Dataset, net, negatives, run_dir: Path):
         self.cfg, self.env, self.data, self.net, self.negatives = cfg, env, data, net, negatives
         self.run_dir = Path(run_dir)
-        self.epochs, self.num_chapters = int(cfg.train.epochs), int(cfg.train.chapters)
+        self.epochs = config_int(cfg.train.epochs, "train.epochs", 1)
+        self.num_chapters = config_int(cfg.train.chapters, "train.chapters", 1)
         self.epochs_per_chapter = epochs_per_chapter(self.epochs, self.num_chapters)
-        self.batch_size = int(cfg.train.batch_size)
-        if self.batch_size <= 0:
-            raise ConfigError(f"train.batch_size must be positive, got {self.batch_size}")
-        self.max_shift = int(cfg.data.get("augment_shift", 0))
-        if self.max_shift < 0:
-            raise ConfigError(f"data.augment_shift must be >= 0, got {self.max_shift}")
-        self.eval_every = int(cfg.train.eval_every)
+        self.batch_size = config_int(cfg.train.batch_size, "train.batch_size", 1)
+        self.max_shift = config_int(cfg.data.get("augment_shift", 0), "data.augment_shift", 0)
+        self.eval_every = config_int(cfg.train.eval_every, "train.eval_every", 0)
         self.generator = torch.Generator(device=env.device).manual_seed(int(cfg.seed))
         self.config = OmegaConf.to_container(cfg, resolve=True)
         self.ckpt_path = self.run_dir / "checkpoints" / "last.pt"
-        self.ckpt_every = int(cfg.checkpoint.every)
+        self.ckpt_every = config_int(cfg.checkpoint.every, "checkpoint.every", 0)
         self.tracker = Tracker(cfg.logger, str(self.run_dir), self.config, env.is_main)
         self.start_chapter = self._maybe_resume(cfg.train.get("resume"))
         self.train_seconds = self.eval_seconds = self.ckpt_seconds = 0.0
@@ -96,18 +104,20 @@ class Job:
         """Yield chapter indices; everything around a chapter's work happens here."""
         bar = tqdm(total=self.num_chapters, initial=self.start_chapter, desc="chapters", unit="ch",
                    disable=not (self.env.is_main and self.cfg.train.progress), dynamic_ncols=True)
-        with logging_redirect_tqdm():
-            for chapter in range(self.start_chapter, self.num_chapters):
-                self.stats = {}
-                t0 = time.perf_counter()
-                yield chapter
-                synchronize(self.env.device)
-                seconds = time.perf_counter() - t0
-                self.train_seconds += seconds
-                self._end_chapter(chapter, seconds)
-                bar.set_postfix(self.last, refresh=False)
-                bar.update()
-        bar.close()
+        try:
+            with logging_redirect_tqdm():
+                for chapter in range(self.start_chapter, self.num_chapters):
+                    self.stats = {}
+                    t0 = time.perf_counter()
+                    yield chapter
+                    synchronize(self.env.device)
+                    seconds = time.perf_counter() - t0
+                    self.train_seconds += seconds
+                    self._end_chapter(chapter, seconds)
+                    bar.set_postfix(self.last, refresh=False)
+                    bar.update()
+        finally:
+            bar.close()
 
     # -- around the work ------------------------------------------------------------------------
 

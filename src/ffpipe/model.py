@@ -109,7 +109,7 @@ class FFNet:
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier.predict(x)
+        return self.classifier.scores(x).argmax(1)
 
     @torch.no_grad()
     def accuracy(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -144,8 +144,8 @@ class GoodnessClassifier:
     def fit(self, x, y, epochs, batch_size, generator, first_epoch) -> UnitStats | None:
         return None  # nothing to train
 
-    def predict(self, x):
-        return self.net.goodness_scores(x, self.skip).argmax(1)
+    def scores(self, x):
+        return self.net.goodness_scores(x, self.skip)
 
 
 class SoftmaxClassifier:
@@ -166,9 +166,9 @@ class SoftmaxClassifier:
     def fit(self, x, y, epochs, batch_size, generator, first_epoch) -> UnitStats:
         return train_unit(self.head, (self.features(x), y), epochs, batch_size, generator, first_epoch)
 
-    def predict(self, x):
+    def scores(self, x):
         self.head.module.eval()
-        return apply_chunked(self.head.module, self.features(x)).argmax(1)
+        return apply_chunked(self.head.module, self.features(x))
 
 
 class PerfOptReadout:
@@ -184,10 +184,9 @@ class PerfOptReadout:
     def fit(self, x, y, epochs, batch_size, generator, first_epoch) -> None:
         return None  # each layer trained its own head
 
-    def predict(self, x):
+    def scores(self, x):
         acts = self.net.neutral_activities(x)
         pairs = list(zip(self.net.layers, acts))
         if self.heads == "last":
             pairs = pairs[-1:]
-        score = sum(F.log_softmax(apply_chunked(t.module.logits, a), 1) for t, a in pairs)
-        return score.argmax(1)
+        return sum(F.log_softmax(apply_chunked(t.module.logits, a), 1) for t, a in pairs)
