@@ -158,3 +158,26 @@ def test_bad_model_settings_are_config_errors():
         build_negatives(OmegaConf.create({"name": "random"}), "perf_opt")
     with pytest.raises(ConfigError, match="lr"):
         Trainee("x", FFLayer(4, 4), {"name": "adam", "lr": 0.0}, 1)
+
+
+@pytest.mark.parametrize("norm", ["rms", "l2"])
+def test_input_layer_matches_the_generic_layer_on_embedded_pairs(norm):
+    """FFInputLayer's shared-image shortcut computes the same loss and gradients as FFLayer."""
+    from ffpipe.ff import FFInputLayer
+    x, y = blobs(n=64)
+    neg = (y + 3) % 10
+    fast = FFInputLayer(40, 32, 10, norm=norm, alpha=4.0)
+    slow = FFLayer(40, 32, norm=norm, alpha=4.0)
+    slow.load_state_dict(fast.state_dict())
+    x0 = x.clone()
+    x0[:, :10] = 0
+    loss_fast, gap_fast = fast.objective(x0, y, neg)
+    loss_slow, gap_slow = slow.objective(torch.stack([embed_label(x, y, 10), embed_label(x, neg, 10)], 1))
+    loss_fast.backward()
+    loss_slow.backward()
+    assert torch.allclose(loss_fast, loss_slow, atol=1e-6) and torch.allclose(gap_fast, gap_slow, atol=1e-5)
+    assert torch.allclose(fast.linear.weight.grad, slow.linear.weight.grad, atol=1e-6)
+    assert torch.allclose(fast.linear.bias.grad, slow.linear.bias.grad, atol=1e-6)
+    (pn,) = fast.propagate((x0, y, neg))
+    assert torch.allclose(pn[:, 0], slow(embed_label(x, y, 10)), atol=1e-5)
+    assert torch.allclose(pn[:, 1], slow(embed_label(x, neg, 10)), atol=1e-5)

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from ffpipe.errors import ConfigError
-from ffpipe.ff import (EVAL_CHUNK, FFLayer, PerfOptLayer, SoftmaxHead, UnitStats, apply_chunked,
+from ffpipe.ff import (EVAL_CHUNK, FFInputLayer, FFLayer, PerfOptLayer, SoftmaxHead, UnitStats, apply_chunked,
                        embed_label, normalize, train_unit)
 from ffpipe.optim import Trainee
 
@@ -47,8 +47,10 @@ class FFNet:
         self.layers: list[Trainee] = []
         for i in range(len(self.widths)):
             if self.kind == "ff":
-                layer = FFLayer(dims[i], dims[i + 1], model_cfg.norm, model_cfg.goodness, model_cfg.loss,
-                                model_cfg.threshold, model_cfg.alpha)
+                opts = dict(norm=model_cfg.norm, goodness=model_cfg.goodness, loss=model_cfg.loss,
+                            threshold=model_cfg.threshold, alpha=model_cfg.alpha)
+                layer = (FFInputLayer(dims[i], dims[i + 1], num_classes, **opts) if i == 0
+                         else FFLayer(dims[i], dims[i + 1], **opts))
             else:
                 layer = PerfOptLayer(dims[i], dims[i + 1], num_classes, model_cfg.norm)
             self.layers.append(Trainee(f"layer.{i}", layer, optim_cfg, total_epochs))
@@ -73,10 +75,13 @@ class FFNet:
     # -- streams: what flows into layer 0 -------------------------------------------------------
 
     def input_stream(self, x: torch.Tensor, y: torch.Tensor, y_neg: torch.Tensor | None):
-        """FF: ``([N, 2, D],)`` positive/negative pairs; perf-opt: ``(neutral x, y)``."""
+        """FF: ``(x with label values zeroed, y, y_neg)`` for :class:`FFInputLayer`, which makes the
+        positive/negative pairs; perf-opt: ``(neutral x, y)``."""
         if self.kind == "perf_opt":
             return embed_label(x, None, self.num_classes), y
-        return (torch.stack([embed_label(x, y, self.num_classes), embed_label(x, y_neg, self.num_classes)], 1),)
+        x0 = x.clone()
+        x0[:, : self.num_classes] = 0
+        return x0, y, y_neg
 
     # -- inference over whole datasets, chunked ---------------------------------------------------
 
