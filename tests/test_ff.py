@@ -154,6 +154,10 @@ def test_bad_model_settings_are_config_errors():
         model.widths = widths
         with pytest.raises(ConfigError, match="widths"):
             FFNet(model, clf, opt, input_dim=40, num_classes=10, total_epochs=1)
+    model, clf, opt = net_cfg(kind="perf_opt")
+    model.heads = "first"
+    with pytest.raises(ConfigError, match="heads"):
+        FFNet(model, clf, opt, input_dim=40, num_classes=10, total_epochs=1)
     with pytest.raises(ConfigError, match="negatives=none"):
         build_negatives(OmegaConf.create({"name": "random"}), "perf_opt")
     with pytest.raises(ConfigError, match="lr"):

@@ -34,6 +34,9 @@ def test_train_cli_writes_summary_and_checkpoint(tmp_path):
     assert (summary["dataset"], summary["parallel"], summary["negatives"], summary["classifier"]) == \
         ("synthetic", "sequential", "random", "softmax")
     assert (run_dir / "checkpoints" / "last.pt").exists() and (run_dir / ".hydra" / "config.yaml").exists()
+    chapters = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [c["chapter"] for c in chapters] == [1, 2] and "layer.0/gap" in chapters[0]
+    assert (run_dir / "curves.png").stat().st_size > 1000
     assert not list(run_dir.rglob("*.tmp"))
 
     ev = cli("ffpipe.evaluate", str(run_dir / "checkpoints" / "last.pt"), "--json")
@@ -142,6 +145,7 @@ def test_non_finite_loss_names_layer_and_keeps_last_good_checkpoint(compose_cfg,
     ["classifier=goodness", "negatives=fixed"],
     ["negatives=adaptive"],
     ["model=perf_opt", "negatives=none"],
+    ["model=perf_opt", "negatives=none", "model.heads=last"],
     ["parallel=backprop"],
     ["optim=sgd", "optim.lr=0.1", "model.goodness=sum", "model.loss=hinton", "model.threshold=0.5",
      "model.alpha=4", "model.norm=l2"],

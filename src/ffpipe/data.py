@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from ffpipe.errors import ConfigError, DataError
+from ffpipe.errors import ConfigError, DataError, config_int
 
 log = logging.getLogger(__name__)
 
@@ -277,23 +277,20 @@ def build_dataset(cfg, device: torch.device) -> Dataset:
         (xtr, ytr), (xte, yte) = (load_raw(name, root, s, download, backend) for s in ("train", "test"))
     elif name == "mnist10k":
         x, y = load_idx_pair(root, MNIST, "test", download)
-        num_train = int(cfg.num_train)
+        num_train = config_int(cfg.num_train, "data.num_train", 1)
         if not 0 < num_train < len(y):
             raise ConfigError(f"data.num_train must be in 1..{len(y) - 1} for mnist10k "
                               f"(the file holds {len(y)} digits), got {num_train}")
         tr, te = split_indices(len(y), num_train, cfg.get("split_seed"))
         xtr, ytr, xte, yte = x[tr], y[tr], x[te], y[te]
     elif name == "synthetic":
-        for key in ("num_train", "num_test"):
-            if int(cfg[key]) <= 0:
-                raise ConfigError(f"data.{key} must be positive, got {cfg[key]}")
-        (xtr, ytr), (xte, yte) = synthetic(int(cfg.num_train), int(cfg.num_test), int(cfg.num_classes),
-                                           tuple(cfg.image_shape), int(cfg.seed), float(cfg.noise))
+        sizes = [config_int(cfg[key], f"data.{key}", 1) for key in ("num_train", "num_test", "num_classes")]
+        (xtr, ytr), (xte, yte) = synthetic(*sizes, tuple(cfg.image_shape), int(cfg.seed), float(cfg.noise))
     else:
         raise ConfigError(f"unknown dataset {name!r}; expected mnist, fashion_mnist, cifar10, "
                           f"mnist10k or synthetic")
     image_shape = tuple(int(s) for s in xtr.shape[1:])
-    num_classes = int(cfg.get("num_classes", 10))
+    num_classes = config_int(cfg.get("num_classes", 10), "data.num_classes", 2)
     if int(max(ytr.max(), yte.max())) >= num_classes:
         raise DataError(f"{name}: labels exceed num_classes={num_classes}")
 

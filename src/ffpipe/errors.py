@@ -24,3 +24,16 @@ class CheckpointError(FFPipeError):
 
 class NonFiniteLossError(FFPipeError):
     """Training produced NaN/inf; carries where it happened."""
+
+
+def config_int(value, key: str, minimum: int) -> int:
+    """``value`` as an int >= ``minimum``, or a ConfigError naming ``key``."""
+    try:
+        number = int(value)
+        if number != value and not isinstance(value, str):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key} must be an integer, got {value!r}") from None
+    if number < minimum:
+        raise ConfigError(f"{key} must be >= {minimum}, got {number}")
+    return number

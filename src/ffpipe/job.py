@@ -8,12 +8,13 @@ A schedule only says what happens inside a chapter::
         job.record(trainee.name, train_unit(...))
 
 ``job.chapters()`` times each chapter (synchronizing the device at its end only), then logs one
-line, updates the progress bar and W&B, evaluates every ``train.eval_every`` chapters and writes
-the checkpoint; evaluation and checkpoint time are kept out of ``train_seconds``.
+line, updates the progress bar, W&B and ``metrics.jsonl``, evaluates every ``train.eval_every``
+chapters and writes the checkpoint; evaluation and checkpoint time are kept out of ``train_seconds``.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
@@ -26,24 +27,11 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from ffpipe import checkpoint
 from ffpipe.data import Dataset, random_shift
 from ffpipe.distributed import DistEnv, peak_memory_mb, synchronize
-from ffpipe.errors import CheckpointError, ConfigError
+from ffpipe.errors import CheckpointError, ConfigError, config_int
 from ffpipe.ff import UnitStats
 from ffpipe.tracking import Tracker
 
 log = logging.getLogger("ffpipe")
-
-
-def config_int(value, key: str, minimum: int) -> int:
-    """``value`` as an int >= ``minimum``, or a ConfigError naming ``key``."""
-    try:
-        number = int(value)
-        if number != value and not isinstance(value, str):
-            raise ValueError
-    except (TypeError, ValueError):
-        raise ConfigError(f"{key} must be an integer, got {value!r}") from None
-    if number < minimum:
-        raise ConfigError(f"{key} must be >= {minimum}, got {number}")
-    return number
 
 
 def epochs_per_chapter(epochs: int, chapters: int) -> int:
@@ -66,6 +54,7 @@ class Job:
         self.generator = torch.Generator(device=env.device).manual_seed(int(cfg.seed))
         self.config = OmegaConf.to_container(cfg, resolve=True)
         self.ckpt_path = self.run_dir / "checkpoints" / "last.pt"
+        self.metrics_path = self.run_dir / "metrics.jsonl"
         self.ckpt_every = config_int(cfg.checkpoint.every, "checkpoint.every", 0)
         self.tracker = Tracker(cfg.logger, str(self.run_dir), self.config, env.is_main)
         self.start_chapter = self._maybe_resume(cfg.train.get("resume"))
@@ -142,6 +131,10 @@ class Job:
             log.info("chapter %d/%d | %s | %.0f samples/s", done, self.num_chapters, " | ".join(parts),
                      metrics["samples_per_s"])
         self.tracker.log(metrics, step=done)
+        if self.env.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            with open(self.metrics_path, "a") as f:
+                f.write(json.dumps(metrics) + "\n")
         if self.ckpt_every and (done % self.ckpt_every == 0 or done == self.num_chapters):
             self.save_checkpoint(chapter)
 

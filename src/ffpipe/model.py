@@ -54,7 +54,7 @@ class FFNet:
             else:
                 layer = PerfOptLayer(dims[i], dims[i + 1], num_classes, model_cfg.norm)
             self.layers.append(Trainee(f"layer.{i}", layer, optim_cfg, total_epochs))
-        self.classifier = build_classifier(self, classifier_cfg, optim_cfg, total_epochs)
+        self.classifier = build_classifier(self, model_cfg, classifier_cfg, optim_cfg, total_epochs)
 
     def to(self, device) -> FFNet:
         for t in self.trainees().values():
@@ -122,9 +122,9 @@ class FFNet:
         return (self.predict(x) == y).float().mean()
 
 
-def build_classifier(net: FFNet, cfg, optim_cfg, total_epochs: int):
+def build_classifier(net: FFNet, model_cfg, cfg, optim_cfg, total_epochs: int):
     if net.kind == "perf_opt":
-        return PerfOptReadout(net, cfg.get("heads", "all"))
+        return PerfOptReadout(net, model_cfg.get("heads", "all"))
     if cfg.name == "goodness":
         return GoodnessClassifier(net, cfg.skip_first)
     if cfg.name == "softmax":
@@ -183,7 +183,7 @@ class PerfOptReadout:
 
     def __init__(self, net: FFNet, heads: str):
         if heads not in ("last", "all"):
-            raise ConfigError(f"classifier.heads must be last or all, got {heads!r}")
+            raise ConfigError(f"model.heads must be last or all, got {heads!r}")
         self.net, self.heads = net, heads
 
     def fit(self, x, y, epochs, batch_size, generator, first_epoch) -> None:

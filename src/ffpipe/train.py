@@ -19,10 +19,11 @@ from omegaconf import DictConfig, OmegaConf
 from ffpipe import distributed
 from ffpipe.backprop import BackpropNet
 from ffpipe.data import build_dataset
-from ffpipe.errors import FFPipeError, NonFiniteLossError
+from ffpipe.errors import FFPipeError, NonFiniteLossError, config_int
 from ffpipe.job import Job
 from ffpipe.model import FFNet
 from ffpipe.negatives import build_negatives
+from ffpipe.plots import plot_metrics
 from ffpipe.schedules import get_schedule
 
 log = logging.getLogger("ffpipe")
@@ -47,7 +48,7 @@ OmegaConf.register_new_resolver("ffpipe_output_subdir", _hydra_output_subdir, re
 
 
 def build_net(cfg: DictConfig, input_dim: int, num_classes: int):
-    epochs = int(cfg.train.epochs)
+    epochs = config_int(cfg.train.epochs, "train.epochs", 1)
     if cfg.parallel.name == "backprop":
         return BackpropNet(cfg.model, cfg.optim, input_dim, num_classes, epochs)
     return FFNet(cfg.model, cfg.classifier, cfg.optim, input_dim, num_classes, epochs)
@@ -76,6 +77,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     if env.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        if job.metrics_path.exists():
+            plot_metrics(job.metrics_path, run_dir / "curves.png", summary["test_accuracy"])
         log.info("test accuracy %.4f | train accuracy %.4f | %.1f s training | %.0f samples/s",
                  summary["test_accuracy"], summary["train_accuracy"], summary["train_seconds"],
                  summary["samples_per_s"])
