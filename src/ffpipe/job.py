@@ -60,7 +60,7 @@ class Job:
         self.start_chapter = self._maybe_resume(cfg.train.get("resume"))
         self.train_seconds = self.eval_seconds = self.ckpt_seconds = 0.0
         self.stats: dict[str, UnitStats] = {}
-        self.last: dict[str, float] = {}
+        self.last: dict[str, str] = {}  # progress-bar postfix
 
     def _maybe_resume(self, path) -> int:
         if not path:
@@ -127,11 +127,10 @@ class Job:
         self.last = {name: f"{metrics[name + '/loss']:.3f}" for name in self.stats}
         if "test_accuracy" in metrics:
             self.last["test_acc"] = f"{metrics['test_accuracy']:.4f}"
+        self.tracker.log(metrics, step=done)
         if self.env.is_main:
             log.info("chapter %d/%d | %s | %.0f samples/s", done, self.num_chapters, " | ".join(parts),
                      metrics["samples_per_s"])
-        self.tracker.log(metrics, step=done)
-        if self.env.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             with open(self.metrics_path, "a") as f:
                 f.write(json.dumps(metrics) + "\n")

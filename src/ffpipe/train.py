@@ -63,8 +63,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
     torch.manual_seed(int(cfg.seed))
     data = build_dataset(cfg.data, env.device)
     net = build_net(cfg, data.input_dim, data.num_classes).to(env.device)
-    negatives = build_negatives(cfg.negatives, getattr(net, "kind", "ff")) if cfg.parallel.name != "backprop" else None
-    job = Job(cfg, env, data, net, negatives or _NoNegatives(), run_dir)
+    negatives = _NoNegatives() if cfg.parallel.name == "backprop" else build_negatives(cfg.negatives, net.kind)
+    job = Job(cfg, env, data, net, negatives, run_dir)
     log.info("%s | %s on %s (%d train / %d test) | widths %s | %d epochs in %d chapters | %s",
              cfg.parallel.name, cfg.data.name, env.device, len(data.train), len(data.test), net.widths,
              job.epochs, job.num_chapters, f"negatives={job.negatives.name} classifier={net.classifier.name}")
@@ -87,6 +87,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict:
 
 
 class _NoNegatives:
+    """Backprop trains on labels directly; this stands in where the job and checkpoints expect negatives."""
+
     name = "n/a"
 
     def state_dict(self):
