@@ -44,6 +44,7 @@ class FixedNeg:
     def labels(self, chapter, net, x, y, generator):
         if self.fixed is None or self.fixed.shape != y.shape:
             self.fixed = wrong_labels(y, net.num_classes, generator)
+        self.fixed = self.fixed.to(y.device)  # restored checkpoints hold CPU tensors
         return self.fixed
 
     def state_dict(self) -> dict:
@@ -82,6 +83,7 @@ class AdaptiveNeg:
                 scores = net.goodness_scores(x, min(self.skip, len(net.layers) - 1))
             scores.scatter_(1, y.unsqueeze(1), float("-inf"))
             self.current = scores.argmax(1)
+        self.current = self.current.to(y.device)  # restored checkpoints hold CPU tensors
         return self.current
 
     def state_dict(self) -> dict:
