@@ -42,6 +42,9 @@ def test_train_cli_writes_summary_and_checkpoint(tmp_path):
     ev = cli("ffpipe.evaluate", str(run_dir / "checkpoints" / "last.pt"), "--json")
     assert ev.returncode == 0, ev.stderr
     assert json.loads(ev.stdout)["test_accuracy"] == pytest.approx(summary["test_accuracy"])
+    # A group override swaps the whole data config; dotted keys then edit it.
+    other = evaluate(str(run_dir / "checkpoints" / "last.pt"), ["data=synthetic", "data.num_test=64"])
+    assert other["num_test"] == 64 and other["dataset"] == "synthetic"
 
 
 @pytest.mark.parametrize("override,message", [
@@ -83,8 +86,10 @@ def test_corrupt_data_file_is_reported(tmp_path):
     assert "corrupt data file" in out.stderr and "t10k-images-idx3-ubyte.gz" in out.stderr
 
 
-def test_resume_after_a_crash_reproduces_the_uninterrupted_run(compose_cfg, tmp_path, monkeypatch):
-    overrides = ["experiment=smoke", "train.progress=false", "train.epochs=6", "train.chapters=3"]
+@pytest.mark.parametrize("negatives", ["random", "fixed", "adaptive"])
+def test_resume_after_a_crash_reproduces_the_uninterrupted_run(compose_cfg, tmp_path, monkeypatch, negatives):
+    overrides = ["experiment=smoke", "train.progress=false", "train.epochs=6", "train.chapters=3",
+                 f"negatives={negatives}"]
     whole = run(compose_cfg(*overrides), tmp_path / "whole")
 
     import ffpipe.job as job_module
