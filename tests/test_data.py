@@ -28,7 +28,8 @@ def fake_mnist(root: Path, split="test", n=20):
     (img_name, _), (lab_name, _) = data.MNIST[split]
     images = torch.randint(0, 256, (n, 28, 28))
     labels = torch.arange(n) % 10
-    return {img_name: write_idx(folder / img_name, images), lab_name: write_idx(folder / lab_name, labels)}, images, labels
+    md5s = {img_name: write_idx(folder / img_name, images), lab_name: write_idx(folder / lab_name, labels)}
+    return md5s, images, labels
 
 
 def test_read_idx_roundtrip(tmp_path):

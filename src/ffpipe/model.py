@@ -16,8 +16,18 @@ import torch
 import torch.nn.functional as F
 
 from ffpipe.errors import ConfigError
-from ffpipe.ff import (EVAL_CHUNK, FFInputLayer, FFLayer, PerfOptLayer, SoftmaxHead, UnitStats, apply_chunked,
-                       embed_label, normalize, train_unit)
+from ffpipe.ff import (
+    EVAL_CHUNK,
+    FFInputLayer,
+    FFLayer,
+    PerfOptLayer,
+    SoftmaxHead,
+    UnitStats,
+    apply_chunked,
+    embed_label,
+    normalize,
+    train_unit,
+)
 from ffpipe.optim import Trainee
 
 KINDS = ("ff", "perf_opt")

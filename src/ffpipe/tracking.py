@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 
+from ffpipe.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 
@@ -16,11 +18,9 @@ class Tracker:
         if not is_main or cfg.name == "none":
             return
         if cfg.name != "wandb":
-            from ffpipe.errors import ConfigError  # noqa: PLC0415
             raise ConfigError(f"unknown logger {cfg.name!r}; expected wandb or none")
         mode = cfg.get("mode", "online")
         if mode not in ("online", "offline", "disabled"):
-            from ffpipe.errors import ConfigError  # noqa: PLC0415
             raise ConfigError(f"logger.mode must be online, offline or disabled, got {mode!r}")
         try:
             import wandb  # noqa: PLC0415
@@ -31,7 +31,8 @@ class Tracker:
                 group=cfg.get("group"), tags=list(cfg.get("tags") or []), mode=mode, dir=run_dir,
                 config=config, settings=wandb.Settings(init_timeout=float(cfg.get("init_timeout", 60))))
         except Exception as e:  # no account, no network, bad key, missing package...
-            log.warning("W&B init failed (%s); continuing without W&B", str(e).splitlines()[0] if str(e) else type(e).__name__)
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            log.warning("W&B init failed (%s); continuing without W&B", reason)
             self.run = None
 
     def log(self, metrics: dict, step: int) -> None:
