@@ -31,6 +31,7 @@ from torch import nn
 from ffpipe.errors import ConfigError, NonFiniteLossError
 
 NORMS, GOODNESS, LOSSES = ("l2", "rms"), ("sum", "mean"), ("hinton", "symba")
+NORM_EPS = 1e-8
 EVAL_CHUNK = 4096  # samples per no-grad forward when propagating whole datasets
 
 
@@ -50,7 +51,7 @@ def embed_label(x: torch.Tensor, y: torch.Tensor | None, num_classes: int) -> to
     return out
 
 
-def normalize(x: torch.Tensor, kind: str, eps: float = 1e-8) -> torch.Tensor:
+def normalize(x: torch.Tensor, kind: str, eps: float = NORM_EPS) -> torch.Tensor:
     """Length (``l2``) or root-mean-square (``rms``) normalization over the feature dimension."""
     if kind == "l2":
         return x / (x.norm(dim=-1, keepdim=True) + eps)
@@ -97,17 +98,19 @@ class FFLayer(nn.Module):
     def goodness(self, h: torch.Tensor) -> torch.Tensor:
         return goodness(h, self.goodness_kind)
 
+    def pair_objective(self, h: torch.Tensor):
+        """Loss and mean goodness gap from activities ``h`` [B, 2, out] (positive, negative)."""
+        g = self.goodness(h)
+        return ff_loss(g[:, 0], g[:, 1], self.loss_kind, self.threshold, self.alpha), (g[:, 0] - g[:, 1]).mean()
+
     def objective(self, pn: torch.Tensor):
-        """``pn`` [B, 2, D]: positives and negatives as one batch. Returns (loss, goodness gap)."""
-        g = self.goodness(self(pn.flatten(0, 1))).view(-1, 2)
-        gap = g[:, 0] - g[:, 1]
-        return ff_loss(g[:, 0], g[:, 1], self.loss_kind, self.threshold, self.alpha), gap.mean()
+        """``pn`` [B, 2, D]: positives and negatives go through the layer as one batch."""
+        return self.pair_objective(self(pn))
 
     @torch.no_grad()
     def propagate(self, stream):
         (pn,) = stream
-        n, two, d = pn.shape
-        return (apply_chunked(self, pn.view(n * two, d)).view(n, two, -1),)
+        return (apply_chunked(self, pn),)
 
 
 class FFInputLayer(FFLayer):
@@ -129,7 +132,7 @@ class FFInputLayer(FFLayer):
         """``[B, 2, out]`` pre-activations of the positive and negative version of each image."""
         energy = x0.pow(2).sum(1, keepdim=True) + 1.0  # + one-hot label
         denom = energy.sqrt() if self.norm == "l2" else (energy / x0.shape[1]).sqrt()
-        scale = 1.0 / (denom + 1e-8)  # matches normalize()'s eps
+        scale = 1.0 / (denom + NORM_EPS)
         base = self.linear(x0 * scale).unsqueeze(1)  # [B, 1, out], shared by the pair
         # The label columns as a tiny one-hot matmul (its backward is a matmul too; a gather's
         # backward is a slow scatter-add on CPU).
@@ -137,9 +140,7 @@ class FFInputLayer(FFLayer):
         return base + (labels.to(x0.dtype) * scale.unsqueeze(1)) @ self.linear.weight[:, : self.num_classes].T
 
     def objective(self, x0, y_pos, y_neg):
-        g = self.goodness(F.relu(self.paired_pre_activations(x0, y_pos, y_neg)))
-        gap = g[:, 0] - g[:, 1]
-        return ff_loss(g[:, 0], g[:, 1], self.loss_kind, self.threshold, self.alpha), gap.mean()
+        return self.pair_objective(F.relu(self.paired_pre_activations(x0, y_pos, y_neg)))
 
     @torch.no_grad()
     def propagate(self, stream):
