@@ -59,8 +59,8 @@ def test_missing_file_offline_is_one_clear_error(tmp_path):
         data.build_dataset(cfg, torch.device("cpu"))
 
 
-def test_wrong_md5_is_reported(tmp_path, monkeypatch):
-    md5s, _, _ = fake_mnist(tmp_path)
+def test_wrong_md5_is_reported(tmp_path):
+    fake_mnist(tmp_path)
     cfg = OmegaConf.create({"name": "mnist10k", "root": str(tmp_path), "download": False, "num_train": 10})
     with pytest.raises(DataError, match="md5"):  # our fake files do not carry the official md5s
         data.build_dataset(cfg, torch.device("cpu"))

@@ -55,14 +55,15 @@ class FFNet:
         self.input_dim, self.num_classes, self.norm = input_dim, num_classes, model_cfg.norm
         dims = [input_dim, *self.widths]
         self.layers: list[Trainee] = []
+        ff_opts = ({k: model_cfg[k] for k in ("norm", "goodness", "loss", "threshold", "alpha")}
+                   if self.kind == "ff" else {})
         for i in range(len(self.widths)):
-            if self.kind == "ff":
-                opts = dict(norm=model_cfg.norm, goodness=model_cfg.goodness, loss=model_cfg.loss,
-                            threshold=model_cfg.threshold, alpha=model_cfg.alpha)
-                layer = (FFInputLayer(dims[i], dims[i + 1], num_classes, **opts) if i == 0
-                         else FFLayer(dims[i], dims[i + 1], **opts))
-            else:
+            if self.kind == "perf_opt":
                 layer = PerfOptLayer(dims[i], dims[i + 1], num_classes, model_cfg.norm)
+            elif i == 0:
+                layer = FFInputLayer(dims[i], dims[i + 1], num_classes, **ff_opts)
+            else:
+                layer = FFLayer(dims[i], dims[i + 1], **ff_opts)
             self.layers.append(Trainee(f"layer.{i}", layer, optim_cfg, total_epochs))
         self.classifier = build_classifier(self, model_cfg, classifier_cfg, optim_cfg, total_epochs)
 
