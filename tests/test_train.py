@@ -95,8 +95,8 @@ def test_resume_after_a_crash_reproduces_the_uninterrupted_run(compose_cfg, tmp_
     import ffpipe.job as job_module
     real_end = job_module.Job._end_chapter
 
-    def crash_after_first_chapter(self, chapter, seconds):
-        real_end(self, chapter, seconds)
+    def crash_after_first_chapter(self, chapter, seconds, complete):
+        real_end(self, chapter, seconds, complete)
         if chapter == 0:
             raise KeyboardInterrupt
 

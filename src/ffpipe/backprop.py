@@ -44,7 +44,7 @@ class BackpropNet:
         self.classifier = _NoClassifier()
 
     def to(self, device) -> BackpropNet:
-        self.mlp.module.to(device)
+        self.mlp.to(device)
         return self
 
     def trainees(self) -> dict[str, Trainee]:

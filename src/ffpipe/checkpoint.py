@@ -1,4 +1,4 @@
-"""Checkpoints: every trainee (module + optimizer), negatives state, RNG and chapter index.
+"""Checkpoints: every trainee (module + optimizer), negatives state and chapter index.
 
 Written atomically (temp file + ``os.replace``) so a crash never leaves a torn checkpoint and the
 last good one survives; read with ``weights_only=True``.
@@ -44,19 +44,19 @@ def check_arch(state: dict, arch: dict, path) -> None:
         raise CheckpointError(f"checkpoint {path} does not match this model ({'; '.join(diffs)})")
 
 
-def capture(net, negatives, generator: torch.Generator, chapter: int, config: dict) -> dict:
+def capture(net, negatives, chapter: int, config: dict) -> dict:
     return {
         "arch": net.arch(),
         "trainees": {name: t.state_dict() for name, t in net.trainees().items()},
         "negatives": negatives.state_dict(),
-        "rng": {"generator": generator.get_state(), "torch": torch.get_rng_state()},
         "chapter": chapter,
         "config": config,
     }
 
 
-def restore(state: dict, net, negatives=None, generator: torch.Generator | None = None) -> int:
-    """Load ``state`` into ``net`` (and negatives / RNG when given); return the next chapter."""
+def restore(state: dict, net, negatives=None) -> int:
+    """Load ``state`` into ``net`` (and negatives when given); return the next chapter. Training
+    randomness is derived from (seed, chapter), so no RNG state needs restoring."""
     trainees = net.trainees()
     missing = sorted(set(trainees) - set(state["trainees"]))
     if missing:
@@ -68,7 +68,4 @@ def restore(state: dict, net, negatives=None, generator: torch.Generator | None 
         raise CheckpointError(f"checkpoint does not fit the model: {str(e).splitlines()[0]}") from None
     if negatives is not None:
         negatives.load_state_dict(state.get("negatives", {}))
-    if generator is not None:
-        generator.set_state(state["rng"]["generator"])
-        torch.set_rng_state(state["rng"]["torch"])
     return int(state["chapter"]) + 1

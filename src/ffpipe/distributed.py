@@ -1,7 +1,10 @@
 """Everything about ranks, devices and process groups lives here.
 
 ``torchrun`` sets ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``; a plain ``python -m ffpipe.train`` is a
-world of one. Each rank gets ``cuda:LOCAL_RANK`` when CUDA is available (NCCL), else the CPU (gloo).
+world of one. Each rank gets ``cuda:LOCAL_RANK`` when CUDA is available, else the CPU. The backend
+(``dist.backend=auto``) is NCCL when every local rank has a GPU of its own, and gloo otherwise: on
+CPU, and when several ranks share one GPU (NCCL allows one rank per device; :mod:`ffpipe.comm`
+then stages transfers through host memory).
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -22,6 +26,7 @@ class DistEnv:
     world_size: int
     local_rank: int
     device: torch.device
+    backend: str | None = None  # None: a world of one, no process group
 
     @property
     def is_main(self) -> bool:
@@ -48,8 +53,24 @@ def resolve_device(name: str, local_rank: int) -> torch.device:
     raise ConfigError(f"device must be auto, cpu or cuda, got {name!r}")
 
 
-def setup(device_name: str, threads: int | None = None) -> DistEnv:
-    """Join the process group if launched by torchrun, pick this rank's device."""
+def choose_backend(name: str, device: torch.device) -> str:
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", env_world_size()))
+    own_gpu = device.type == "cuda" and local_world <= torch.cuda.device_count()
+    if name == "auto":
+        return "nccl" if own_gpu else "gloo"
+    if name == "nccl" and not own_gpu:
+        why = ("the ranks run on the CPU" if device.type != "cuda" else
+               f"{local_world} local ranks share {torch.cuda.device_count()} GPU(s)")
+        raise ConfigError(f"dist.backend=nccl needs one GPU per rank, but {why}; use dist.backend=gloo or auto")
+    if name not in ("nccl", "gloo"):
+        raise ConfigError(f"dist.backend must be auto, nccl or gloo, got {name!r}")
+    return name
+
+
+def setup(device_name: str, threads: int | None = None, backend: str = "auto",
+          timeout_s: float = 600) -> DistEnv:
+    """Join the process group if launched by torchrun, pick this rank's device and backend.
+    ``timeout_s`` bounds how long a collective or transfer may wait for a peer."""
     rank, world = env_rank(), env_world_size()
     local = int(os.environ.get("LOCAL_RANK", "0"))
     device = resolve_device(device_name, local)
@@ -57,10 +78,27 @@ def setup(device_name: str, threads: int | None = None) -> DistEnv:
         torch.set_num_threads(int(threads))
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    if world > 1 and not dist.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend, device_id=device if device.type == "cuda" else None)
-    return DistEnv(rank, world, local, device)
+    chosen = None
+    if world > 1:
+        chosen = choose_backend(backend, device)
+        if not dist.is_initialized():
+            dist.init_process_group(chosen, timeout=timedelta(seconds=float(timeout_s)),
+                                    device_id=device if chosen == "nccl" else None)
+    return DistEnv(rank, world, local, device, chosen)
+
+
+def barrier(env: DistEnv) -> None:
+    if env.world_size > 1:
+        if env.backend == "nccl":
+            dist.barrier(device_ids=[env.device.index])
+        else:
+            dist.barrier()
+
+
+def torchrun_command(nproc: int, argv: list[str]) -> str:
+    """The command line that would launch this same run under torchrun with ``nproc`` ranks."""
+    import shlex  # noqa: PLC0415
+    return f"torchrun --nproc-per-node {nproc} -m ffpipe.train " + " ".join(shlex.quote(a) for a in argv)
 
 
 def teardown() -> None:

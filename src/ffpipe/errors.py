@@ -26,6 +26,14 @@ class NonFiniteLossError(FFPipeError):
     """Training produced NaN/inf; carries where it happened."""
 
 
+class CommError(FFPipeError):
+    """A transfer between ranks failed: usually another rank died or timed out."""
+
+
+class LaunchError(FFPipeError):
+    """A distributed schedule started the wrong way (e.g. without torchrun)."""
+
+
 def config_int(value, key: str, minimum: int) -> int:
     """``value`` as an int >= ``minimum``, or a ConfigError naming ``key``."""
     try:

@@ -210,40 +210,47 @@ class UnitStats:
     samples: int
 
 
-def train_unit(trainee, inputs: tuple[torch.Tensor, ...], epochs: int, batch_size: int,
-               generator: torch.Generator, first_epoch: int) -> UnitStats:
+def shuffled_batches(inputs: tuple[torch.Tensor, ...], batch_size: int, generator: torch.Generator):
+    """One epoch of minibatches of ``inputs`` in a fresh on-device random order."""
+    perm = torch.randperm(inputs[0].shape[0], device=inputs[0].device, generator=generator)
+    for idx in perm.split(batch_size):
+        yield tuple(t[idx] for t in inputs)
+
+
+def train_unit(trainee, inputs: tuple[torch.Tensor, ...] | None, epochs: int, batch_size: int,
+               generator: torch.Generator, first_epoch: int, batches=None) -> UnitStats:
     """Train ``trainee`` for ``epochs`` epochs on ``inputs`` (tensors aligned on dim 0, on the device).
 
     Each epoch draws a fresh on-device permutation and steps the trainee's optimizer once per
-    minibatch of ``batch_size`` samples. ``first_epoch`` is the global index of the first epoch,
-    which sets the learning-rate cooldown. Per-step losses are written into a device buffer, so the
-    loop never waits on the device; one check at the end names the first non-finite step.
+    minibatch of ``batch_size`` samples. ``batches(epoch)``, when given, supplies each epoch's
+    minibatches instead (DFF: activations arriving from the previous rank). ``first_epoch`` is the
+    global index of the first epoch, which sets the learning-rate cooldown. Per-step losses stay on
+    the device, so the loop never waits on it; one check at the end names the first non-finite step.
     """
     if epochs <= 0:
         raise ConfigError(f"epochs per call must be positive, got {epochs}")
-    n = inputs[0].shape[0]
-    device = inputs[0].device
-    steps_per_epoch = -(-n // batch_size)
-    losses = torch.empty(epochs * steps_per_epoch, device=device)
-    metric_sum = torch.zeros((), device=device)
     module, opt = trainee.module, trainee.optimizer
     module.train()
-    step = 0
+    losses, metrics, per_epoch, samples = [], [], [], 0
     for e in range(epochs):
         trainee.set_epoch(first_epoch + e)
-        perm = torch.randperm(n, device=device, generator=generator)
-        for idx in perm.split(batch_size):
-            loss, metric = module.objective(*(t[idx] for t in inputs))
+        epoch = batches(e) if batches is not None else shuffled_batches(inputs, batch_size, generator)
+        per_epoch.append(0)
+        for batch in epoch:
+            loss, metric = module.objective(*batch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            losses[step] = loss.detach()
-            metric_sum += metric.detach()
-            step += 1
+            losses.append(loss.detach())
+            metrics.append(metric.detach())
+            per_epoch[-1] += 1
+            samples += batch[0].shape[0]
+    losses = torch.stack(losses)
     finite = torch.isfinite(losses)
     if not bool(finite.all()):  # the one host sync per call
         bad = int((~finite).nonzero()[0])
+        epoch = next(i for i in range(epochs) if bad < sum(per_epoch[: i + 1]))
         raise NonFiniteLossError(
-            f"non-finite loss in {trainee.name} at epoch {first_epoch + bad // steps_per_epoch} "
-            f"step {bad % steps_per_epoch} (lower the learning rate, or check the input data)")
-    return UnitStats(losses.mean(), metric_sum / step, step, n * epochs)
+            f"non-finite loss in {trainee.name} at epoch {first_epoch + epoch} "
+            f"step {bad - sum(per_epoch[:epoch])} (lower the learning rate, or check the input data)")
+    return UnitStats(losses.mean(), torch.stack(metrics).mean(), len(losses), samples)

@@ -6,7 +6,7 @@ it, so checkpoints written by one schedule load under another. Classification:
 - ``goodness``: every label is embedded at once (a ``[C * B, D]`` batch) and the label whose
   goodness, summed over the hidden layers except the first, is highest wins;
 - ``softmax``: a linear softmax head reads the (RMS-)normalized neutral-label activities of the
-  hidden layers except the first, trained on detached features with :func:`~ffpipe.ff.train_unit`;
+  hidden layers except the first, trained on detached features (``features()``) like any trainee;
 - Performance-Optimized nets predict from their per-layer heads (``last``, or ``all`` summed).
 """
 
@@ -22,11 +22,9 @@ from ffpipe.ff import (
     FFLayer,
     PerfOptLayer,
     SoftmaxHead,
-    UnitStats,
     apply_chunked,
     embed_label,
     normalize,
-    train_unit,
 )
 from ffpipe.optim import Trainee
 
@@ -69,7 +67,7 @@ class FFNet:
 
     def to(self, device) -> FFNet:
         for t in self.trainees().values():
-            t.module.to(device)
+            t.to(device)
         return self
 
     def trainees(self) -> dict[str, Trainee]:
@@ -157,9 +155,6 @@ class GoodnessClassifier:
     def __init__(self, net: FFNet, skip_first: bool):
         self.net, self.skip = net, first_scored_layer(net, skip_first)
 
-    def fit(self, x, y, epochs, batch_size, generator, first_epoch) -> UnitStats | None:
-        return None  # nothing to train
-
     def scores(self, x):
         return self.net.goodness_scores(x, self.skip)
 
@@ -179,9 +174,6 @@ class SoftmaxClassifier:
         acts = self.net.neutral_activities(x)[self.skip:]
         return torch.cat([normalize(a, "rms") for a in acts], 1)
 
-    def fit(self, x, y, epochs, batch_size, generator, first_epoch) -> UnitStats:
-        return train_unit(self.head, (self.features(x), y), epochs, batch_size, generator, first_epoch)
-
     def scores(self, x):
         self.head.module.eval()
         return apply_chunked(self.head.module, self.features(x))
@@ -196,9 +188,6 @@ class PerfOptReadout:
         if heads not in ("last", "all"):
             raise ConfigError(f"model.heads must be last or all, got {heads!r}")
         self.net, self.heads = net, heads
-
-    def fit(self, x, y, epochs, batch_size, generator, first_epoch) -> None:
-        return None  # each layer trained its own head
 
     def scores(self, x):
         acts = self.net.neutral_activities(x)

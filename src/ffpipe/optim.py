@@ -37,6 +37,25 @@ def cooldown_factor(epoch: int, total_epochs: int, cooldown_from: float | None) 
     return (total_epochs - epoch) / max(total_epochs - start, 1)
 
 
+def init_optimizer_state(opt: torch.optim.Optimizer) -> None:
+    """Create the optimizer's per-parameter state up front, exactly as its first step would (zero
+    moments, step 0), so a trainee's full state has a fixed layout and can be sent to another rank
+    before this rank ever trained it."""
+    for group in opt.param_groups:
+        for p in group["params"]:
+            state = opt.state[p]
+            if state:
+                continue
+            if isinstance(opt, torch.optim.Adam | torch.optim.AdamW):
+                fused = group.get("fused") or group.get("capturable")
+                state["step"] = torch.zeros((), dtype=torch.float32, device=p.device if fused else "cpu")
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            elif isinstance(opt, torch.optim.SGD) and group["momentum"] != 0:
+                # SGD's first step sets buf = grad; with a zero buffer and dampening 0 it computes the same
+                state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+
+
 class Trainee:
     """A module with its own optimizer and LR schedule: one FF layer, a softmax head, a whole MLP.
 
@@ -56,6 +75,17 @@ class Trainee:
                                          float(optim_cfg.get("weight_decay", 0.0)),
                                          float(optim_cfg.get("momentum", 0.9)),
                                          optim_cfg.get("betas", (0.9, 0.999)))
+        init_optimizer_state(self.optimizer)
+
+    def to(self, device) -> Trainee:
+        """Move the module and its optimizer state (parameters keep their identity)."""
+        self.module.to(device)
+        for state in self.optimizer.state.values():
+            for k, v in state.items():
+                if torch.is_tensor(v) and not (k == "step" and v.device.type == "cpu" and v.dim() == 0
+                                               and not self.optimizer.defaults.get("fused")):
+                    state[k] = v.to(device)
+        return self
 
     def set_epoch(self, epoch: int) -> None:
         lr = self.base_lr * cooldown_factor(epoch, self.total_epochs, self.cooldown_from)

@@ -34,15 +34,38 @@ class Tracker:
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
             log.warning("W&B init failed (%s); continuing without W&B", reason)
             self.run = None
+            return
+        # Metrics are plotted against "chapter", not W&B's own step, so rank 0 can log the chapters
+        # other ranks trained (gathered at the end) after its own, in any order.
+        self.run.define_metric("chapter")
+        self.run.define_metric("*", step_metric="chapter")
 
-    def log(self, metrics: dict, step: int) -> None:
+    def log(self, metrics: dict) -> None:
         if self.run is None:
             return
         try:
-            self.run.log(metrics, step=step)
+            self.run.log(metrics)
         except Exception as e:
             log.warning("W&B log failed (%s); disabling W&B for this run", e)
             self.run = None
+
+    def log_timeline(self, telemetry: dict, records: list[dict], trace_path, gantt_path) -> None:
+        """Per-rank utilization / bubbles / bytes, the spans as a table, the trace as a file."""
+        if self.run is None:
+            return
+        try:
+            import wandb  # noqa: PLC0415
+
+            for r in telemetry["ranks"]:
+                for key in ("utilization", "bubble_fraction", "bytes_sent", "bytes_received"):
+                    self.run.summary[f"rank{r['rank']}/{key}"] = r[key]
+            rows = [[rec["rank"], kind, name, a, b, b - a] for rec in records for kind, name, a, b in rec["spans"]]
+            self.run.log({"timeline": wandb.Table(columns=["rank", "kind", "name", "start_s", "end_s", "seconds"],
+                                                  data=rows),
+                          "gantt": wandb.Image(str(gantt_path))})
+            self.run.save(str(trace_path), base_path=str(trace_path.parent), policy="now")
+        except Exception as e:
+            log.warning("W&B timeline upload failed (%s)", e)
 
     def finish(self, summary: dict) -> None:
         if self.run is None:

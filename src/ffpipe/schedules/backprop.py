@@ -2,11 +2,10 @@
 the same data, augmentation, batch size and epoch budget (chapters only set logging/checkpoint
 cadence here)."""
 
-from ffpipe.ff import train_unit
+MAX_WORLD_SIZE = 1
+SEVERAL_RANKS_HINT = "for several ranks use parallel=backprop_pipeline (GPipe / 1F1B)"
 
 
 def run(job) -> None:
-    y = job.data.train.y
     for chapter in job.chapters():
-        job.record("mlp", train_unit(job.net.mlp, (job.train_inputs(), y), job.epochs_per_chapter,
-                                     job.batch_size, job.generator, job.first_epoch(chapter)))
+        job.train(job.net.mlp, (job.train_inputs(chapter), job.data.train.y), chapter)
