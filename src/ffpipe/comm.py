@@ -98,7 +98,7 @@ class Comm:
 
     # -- raw tensors -----------------------------------------------------------------------------
 
-    def send(self, tensor: torch.Tensor, dst: int, what: str, tag: int = 0) -> None:
+    def send(self, tensor: torch.Tensor, dst: int, what: str, kind: str = "weights", tag: int = 0) -> None:
         with self.timeline.span("send", f"send {what} -> {dst}"):
             buf = tensor.detach()
             buf = buf.cpu() if self.staged else buf.contiguous()
@@ -107,18 +107,19 @@ class Comm:
             except Exception as e:
                 raise CommError(f"rank {self.rank}: sending {what} to rank {dst} failed "
                                 f"({str(e).splitlines()[0]}); another rank probably died") from None
-        self.timeline.count(sent=buf.numel() * buf.element_size())
+        self.timeline.count(kind, sent=buf.numel() * buf.element_size())
         self.pending.append((work, buf, f"sending {what} to rank {dst}"))
         self.pending = [p for p in self.pending if not p[0].is_completed()]
 
-    def recv(self, shape, dtype: torch.dtype, src: int, what: str, tag: int = 0, on_arrival=None) -> Incoming:
+    def recv(self, shape, dtype: torch.dtype, src: int, what: str, kind: str = "weights", tag: int = 0,
+             on_arrival=None) -> Incoming:
         buf = torch.empty(shape, dtype=dtype, device="cpu" if self.staged else self.device)
         try:
             work = dist.irecv(buf, src, tag=tag)
         except Exception as e:
             raise CommError(f"rank {self.rank}: receiving {what} from rank {src} failed "
                             f"({str(e).splitlines()[0]}); another rank probably died") from None
-        self.timeline.count(received=buf.numel() * buf.element_size())
+        self.timeline.count(kind, received=buf.numel() * buf.element_size())
         return Incoming(self, work, buf, src, what, on_arrival)
 
     def flush(self) -> None:
@@ -131,11 +132,25 @@ class Comm:
     # -- trainees --------------------------------------------------------------------------------
 
     def send_trainee(self, trainee, dst: int, with_optimizer: bool, tag: int = 0) -> None:
-        self.send(pack(trainee, with_optimizer), dst, trainee.name, tag)
+        self.send(pack(trainee, with_optimizer), dst, trainee.name, "weights", tag)
 
     def recv_trainee(self, trainee, src: int, with_optimizer: bool, tag: int = 0) -> Incoming:
         """Post the receive of ``trainee``'s state; ``.wait()`` loads it into ``trainee``."""
         def load(flat):
             unpack(trainee, flat, with_optimizer)
             return trainee
-        return self.recv((packed_numel(trainee, with_optimizer),), torch.float32, src, trainee.name, tag, load)
+        return self.recv((packed_numel(trainee, with_optimizer),), torch.float32, src, trainee.name, "weights",
+                         tag, load)
+
+    def collect(self, trainees, owner_of: dict[str, int], with_optimizer: bool, dst: int = 0) -> None:
+        """Bring every trainee's final state from its owner to rank ``dst`` (for evaluation, the
+        summary and the checkpoint)."""
+        if self.rank == dst:
+            incoming = [self.recv_trainee(t, owner_of[t.name], with_optimizer) for t in trainees
+                        if owner_of[t.name] != dst]
+            for item in incoming:
+                item.wait()
+        else:
+            for t in trainees:
+                if owner_of[t.name] == self.rank:
+                    self.send_trainee(t, dst, with_optimizer)

@@ -42,6 +42,7 @@ from ffpipe.data import Dataset, random_shift
 from ffpipe.distributed import DistEnv, peak_memory_mb, synchronize
 from ffpipe.errors import CheckpointError, ConfigError, config_int
 from ffpipe.ff import UnitStats, train_unit
+from ffpipe.negatives import wrong_labels
 from ffpipe.telemetry import Timeline
 from ffpipe.tracking import Tracker
 
@@ -114,10 +115,18 @@ class Job:
         return random_shift(x, self.data.image_shape, self.max_shift, self.rng("shift", chapter))
 
     def negative_labels(self, chapter: int, x: torch.Tensor, y: torch.Tensor | None = None):
-        """This rank's negative labels for ``chapter`` under the network as it is now on this rank."""
+        """This rank's negative labels for ``chapter`` under the network as it is now on this rank
+        (AdaptiveNEG falls back to random wrong labels while this rank has trained nothing yet)."""
         y = self.data.train.y if y is None else y
         with self.timeline.span("compute", "negatives"):
-            return self.negatives.labels(chapter, self.net, x, y, self.rng("negatives", chapter))
+            fresh = not self.timeline.steps and self.start_chapter == 0
+            return self.negatives.labels(0 if fresh else chapter, self.net, x, y,
+                                         self.rng("negatives", chapter))
+
+    def random_negatives(self, chapter: int, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Random wrong labels for ``chapter``, the same on every rank."""
+        y = self.data.train.y if y is None else y
+        return wrong_labels(y, self.data.num_classes, self.rng("negatives", chapter))
 
     def input_stream(self, x: torch.Tensor, y_neg, y: torch.Tensor | None = None):
         return self.net.input_stream(x, self.data.train.y if y is None else y, y_neg)

@@ -40,6 +40,7 @@ class Timeline:
         self.spans.clear()
         self.bytes_sent = self.bytes_received = self.messages_sent = self.messages_received = 0
         self.steps.clear()
+        self.sent_by_kind: dict[str, int] = {}
         self.t0_wall, self.t0 = time.time(), time.perf_counter()
         self.end_s: float | None = None
         if self.cuda:
@@ -64,9 +65,12 @@ class Timeline:
         finally:
             self.spans.append((kind, name, start, self._mark()))
 
-    def count(self, sent: int = 0, received: int = 0) -> None:
+    def count(self, kind: str, sent: int = 0, received: int = 0) -> None:
+        """Bytes of one message, by what it carries (weights, negatives, activations)."""
         self.bytes_sent += sent
         self.bytes_received += received
+        if sent:
+            self.sent_by_kind[kind] = self.sent_by_kind.get(kind, 0) + sent
         self.messages_sent += bool(sent)
         self.messages_received += bool(received)
 
@@ -92,7 +96,7 @@ class Timeline:
         return {"rank": self.rank, "t0_wall": self.t0_wall, "end": self.end_s, "spans": spans,
                 "bytes_sent": self.bytes_sent, "bytes_received": self.bytes_received,
                 "messages_sent": self.messages_sent, "messages_received": self.messages_received,
-                "steps": dict(self.steps), "device": str(self.device)}
+                "sent_by_kind": dict(self.sent_by_kind), "steps": dict(self.steps), "device": str(self.device)}
 
 
 def gather(records: dict, world_size: int) -> list[dict] | None:
@@ -107,7 +111,7 @@ def gather(records: dict, world_size: int) -> list[dict] | None:
 def _busy(spans, kind: str) -> float:
     """Seconds covered by spans of ``kind`` (overlaps merged)."""
     total, last_end = 0.0, float("-inf")
-    for _, _, a, b in sorted(s for s in spans if s[0] == kind):
+    for a, b in sorted((s[2], s[3]) for s in spans if s[0] == kind):
         a = max(a, last_end)
         if b > a:
             total += b - a
@@ -134,7 +138,7 @@ def analyse(all_records: list[dict]) -> dict:
             "compute_seconds": compute, "send_seconds": send, "recv_wait_seconds": recv, "idle_seconds": idle,
             "bytes_sent": r["bytes_sent"], "bytes_received": r["bytes_received"],
             "messages_sent": r["messages_sent"], "messages_received": r["messages_received"],
-            "trained_steps": r["steps"], "device": r["device"],
+            "bytes_sent_by_kind": r["sent_by_kind"], "trained_steps": r["steps"], "device": r["device"],
         })
     return {"wall_seconds": wall, "ranks": ranks}
 

@@ -2,9 +2,15 @@
 :func:`ffpipe.ff.train_unit`; the chapter loop around them lives in :mod:`ffpipe.job`."""
 
 from ffpipe.errors import ConfigError
-from ffpipe.schedules import backprop, sequential
+from ffpipe.schedules import all_layers, backprop, federated, sequential, single_layer
 
-SCHEDULES = {"sequential": sequential, "backprop": backprop}
+SCHEDULES = {
+    "sequential": sequential,
+    "backprop": backprop,
+    "pff_single_layer": single_layer,
+    "pff_all_layers": all_layers,
+    "pff_federated": federated,
+}
 
 
 def get_schedule(name: str):
