@@ -237,8 +237,8 @@ def train_unit(trainee, inputs: tuple[torch.Tensor, ...] | None, epochs: int, ba
         epoch = batches(e) if batches is not None else shuffled_batches(inputs, batch_size, generator)
         per_epoch.append(0)
         for batch in epoch:
-            loss, metric = module.objective(*batch)
             opt.zero_grad(set_to_none=True)
+            loss, metric = module.objective(*batch)
             loss.backward()
             opt.step()
             losses.append(loss.detach())

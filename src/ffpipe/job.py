@@ -29,6 +29,7 @@ import hashlib
 import json
 import logging
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
@@ -134,12 +135,15 @@ class Job:
     def first_epoch(self, chapter: int) -> int:
         return chapter * self.epochs_per_chapter
 
-    def train(self, trainee, inputs, chapter: int, batches=None) -> UnitStats:
-        """Train ``trainee`` for one chapter's epochs on ``inputs`` (or on ``batches``, an iterable
-        of ready minibatches, for DFF): the one loop, :func:`train_unit`, timed as compute."""
-        with self.timeline.span("compute", f"train {trainee.name} ch{chapter}"):
+    def train(self, trainee, inputs, chapter: int, batches=None, shuffle_key: str | None = None) -> UnitStats:
+        """Train ``trainee`` for one chapter's epochs on ``inputs`` (or on ``batches(epoch)``, ready
+        minibatches, for DFF): the one loop, :func:`train_unit`, timed as compute (unless the
+        module times itself). ``shuffle_key`` shares one shuffle between trainees (pipeline stages)."""
+        self_timed = getattr(trainee.module, "self_timed", False)
+        with nullcontext() if self_timed else self.timeline.span("compute", f"train {trainee.name} ch{chapter}"):
             stats = train_unit(trainee, inputs, self.epochs_per_chapter, self.batch_size,
-                               self.rng("shuffle", chapter, trainee.name), self.first_epoch(chapter), batches)
+                               self.rng("shuffle", chapter, shuffle_key or trainee.name),
+                               self.first_epoch(chapter), batches)
         self.stats[trainee.name] = stats
         self.timeline.steps[trainee.name] = self.timeline.steps.get(trainee.name, 0) + stats.steps
         return stats

@@ -41,6 +41,7 @@ class Timeline:
         self.bytes_sent = self.bytes_received = self.messages_sent = self.messages_received = 0
         self.steps.clear()
         self.sent_by_kind: dict[str, int] = {}
+        self._open: dict = {}
         self.t0_wall, self.t0 = time.time(), time.perf_counter()
         self.end_s: float | None = None
         if self.cuda:
@@ -63,6 +64,15 @@ class Timeline:
         try:
             yield
         finally:
+            self.spans.append((kind, name, start, self._mark()))
+
+    def begin(self, key) -> None:
+        """Open a span that a hook will close (:meth:`end`); for code that has no ``with`` block."""
+        self._open[key] = self._mark()
+
+    def end(self, key, kind: str, name: str) -> None:
+        start = self._open.pop(key, None)
+        if start is not None:
             self.spans.append((kind, name, start, self._mark()))
 
     def count(self, kind: str, sent: int = 0, received: int = 0) -> None:
@@ -108,15 +118,38 @@ def gather(records: dict, world_size: int) -> list[dict] | None:
     return out
 
 
-def _busy(spans, kind: str) -> float:
-    """Seconds covered by spans of ``kind`` (overlaps merged)."""
-    total, last_end = 0.0, float("-inf")
-    for a, b in sorted((s[2], s[3]) for s in spans if s[0] == kind):
-        a = max(a, last_end)
-        if b > a:
-            total += b - a
-            last_end = b
+def _merged(spans, kinds) -> list[tuple[float, float]]:
+    """The union of the spans of ``kinds`` as sorted disjoint intervals."""
+    out: list[list[float]] = []
+    for a, b in sorted((s[2], s[3]) for s in spans if s[0] in kinds):
+        if out and a <= out[-1][1]:
+            out[-1][1] = max(out[-1][1], b)
+        else:
+            out.append([a, b])
+    return [(a, b) for a, b in out]
+
+
+def _length(intervals) -> float:
+    return sum(b - a for a, b in intervals)
+
+
+def _overlap(xs, ys) -> float:
+    total, i, j = 0.0, 0, 0
+    while i < len(xs) and j < len(ys):
+        total += max(0.0, min(xs[i][1], ys[j][1]) - max(xs[i][0], ys[j][0]))
+        if xs[i][1] < ys[j][1]:
+            i += 1
+        else:
+            j += 1
     return total
+
+
+def _breakdown(spans) -> tuple[float, float, float]:
+    """(compute, send, recv-wait) seconds; a wait inside a compute span (DFF waits for its next
+    batch inside the training loop) counts as waiting, not computing."""
+    compute, send, recv = (_merged(spans, (k,)) for k in KINDS)
+    comm = _merged(spans, ("send", "recv-wait"))
+    return _length(compute) - _overlap(compute, comm), _length(send), _length(recv) - _overlap(recv, send)
 
 
 def analyse(all_records: list[dict]) -> dict:
@@ -129,7 +162,7 @@ def analyse(all_records: list[dict]) -> dict:
     wall = max(r["end"] for r in all_records)
     ranks = []
     for r in sorted(all_records, key=lambda r: r["rank"]):
-        compute, send, recv = (_busy(r["spans"], k) for k in KINDS)
+        compute, send, recv = _breakdown(r["spans"])
         idle = max(wall - compute - send - recv, 0.0)
         ranks.append({
             "rank": r["rank"],

@@ -2,7 +2,7 @@
 :func:`ffpipe.ff.train_unit`; the chapter loop around them lives in :mod:`ffpipe.job`."""
 
 from ffpipe.errors import ConfigError
-from ffpipe.schedules import all_layers, backprop, federated, sequential, single_layer
+from ffpipe.schedules import all_layers, backprop, backprop_pipeline, dff, federated, sequential, single_layer
 
 SCHEDULES = {
     "sequential": sequential,
@@ -10,6 +10,8 @@ SCHEDULES = {
     "pff_single_layer": single_layer,
     "pff_all_layers": all_layers,
     "pff_federated": federated,
+    "dff": dff,
+    "backprop_pipeline": backprop_pipeline,
 }
 
 
