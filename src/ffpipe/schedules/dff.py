@@ -48,7 +48,7 @@ def run(job) -> None:
 
     def from_upstream(epoch):
         posted = deque()
-        for k, b in enumerate(sizes):
+        for k in range(len(sizes)):
             while len(posted) < prefetch and k + len(posted) < len(sizes):
                 size = sizes[k + len(posted)]
                 posted.append(comm.recv((size, 2, in_dim), torch.float32, rank - 1, "activations", "activations"))
@@ -61,7 +61,7 @@ def run(job) -> None:
             order = job.rng("shuffle", chapter, layer.name)
 
             def batches(epoch, stream=stream, order=order):
-                perm = torch.randperm(n, device=x.device, generator=order)
+                perm = torch.randperm(n, device=stream[0].device, generator=order)
                 return relay(tuple(t[idx] for t in stream) for idx in perm.split(job.batch_size))
         else:
             def batches(epoch):
