@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Launch ffpipe on one host with torchrun: one rank per GPU (or CPU process with gloo).
+# Launch ffpipe on one host with torchrun: one rank per GPU (NCCL), or CPU processes (gloo).
 #   launch/torchrun.sh NPROC [hydra overrides...]
-#   launch/torchrun.sh 1 experiment=mnist10k
-# All ranks share one run directory: the stamp is fixed here (multi-node jobs on a shared
-# filesystem should export the same FFPIPE_RUN_STAMP on every node, plus torchrun's --rdzv-* flags).
+#   launch/torchrun.sh 2 parallel=pff_all_layers experiment=mnist10k
+# All ranks share one run directory (the stamp is fixed here). More ranks than GPUs share the GPUs
+# through gloo. Several hosts: launch/multinode.sh; SLURM: launch/slurm.sbatch.
 set -euo pipefail
 NPROC=${1:?usage: launch/torchrun.sh NPROC [overrides...]}
 shift

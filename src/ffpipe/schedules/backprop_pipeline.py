@@ -5,7 +5,9 @@ Each minibatch is split into ``parallel.microbatches`` micro-batches that flow f
 stages and their gradients backward; GPipe runs all forwards then all backwards, 1F1B interleaves
 them to bound activation memory. Both leave the (N - 1) / (M + N - 1) start-up and drain bubble that
 FF's local losses avoid. The stage's forward and backward are timed as compute through module
-hooks, so this baseline's utilization and bubbles come from the same telemetry as PFF's.
+hooks (and its optimizer step through optimizer hooks), so this baseline's utilization and bubbles
+come from the same telemetry as PFF's; time inside the pipeline schedule that is neither (waiting
+on p2p transfers, the schedule's own bookkeeping) is idle.
 
 A stage is a trainee like any other: :func:`~ffpipe.ff.train_unit` calls its ``objective``, which
 runs one pipeline step (forward + backward of every micro-batch), and steps its optimizer.
@@ -88,6 +90,9 @@ def run(job) -> None:
     p, rank, world, net = job.cfg.parallel, job.env.rank, job.env.world_size, job.net
     if p.schedule not in SCHEDULES:
         raise ConfigError(f"parallel.schedule must be one of {', '.join(SCHEDULES)}, got {p.schedule!r}")
+    if job.env.backend == "gloo" and job.env.device.type == "cuda":
+        raise ConfigError("parallel=backprop_pipeline on GPUs needs one GPU per rank (NCCL): "
+                          "torch.distributed.pipelining does not stage CUDA tensors through gloo")
     microbatches = int(p.microbatches)
     if microbatches < 1 or job.batch_size % microbatches:
         raise ConfigError(f"parallel.microbatches must divide train.batch_size={job.batch_size}, got {microbatches}")
@@ -99,6 +104,8 @@ def run(job) -> None:
     stages = [Trainee(f"stage.{i}", StageUnit(b, i, world), optim_cfg, job.epochs) for i, b in enumerate(bodies)]
     mine = stages[rank]
     timed(mine.module.body, job.timeline, rank, world)
+    mine.optimizer.register_step_pre_hook(lambda *a: job.timeline.begin("opt"))
+    mine.optimizer.register_step_post_hook(lambda *a: job.timeline.end("opt", "compute", "optimizer step"))
     pipe_stage = PipelineStage(mine.module.body, rank, world, job.env.device)
     mine.module.schedule = SCHEDULES[p.schedule](pipe_stage, microbatches, loss_fn=F.cross_entropy)
     y = job.data.train.y

@@ -16,7 +16,15 @@ earlier (the newest ones that exist when it starts). With ``parallel.warm_start=
 starts at once on the upstream weights of chapter ``c - 1`` (the shared initial weights in chapter
 0) and the staircase disappears; negatives then lag 2 chapters. Random and fixed negatives are
 derived from the seed on every rank and never cross the wire.
+
+``parallel.exchange_every=K`` (an integer, needs ``warm_start``) goes beyond the paper: owners
+publish their layer every ``K`` optimizer steps, and a downstream rank computes each minibatch's
+input on the fly through its copies of the upstream layers, swapping in the version published ``K``
+steps earlier (one period of slack, so nobody waits in steady state, and the run stays
+deterministic). Fresher upstream weights cost an upstream forward per batch and more traffic.
 """
+
+import torch
 
 from ffpipe.errors import ConfigError
 
@@ -43,8 +51,7 @@ def run(job) -> None:
     net, comm, rank, world, p = job.net, job.comm, job.env.rank, job.env.world_size, job.cfg.parallel
     warm, with_opt = bool(p.warm_start), bool(p.send_optimizer_state)
     if p.exchange_every != "chapter":
-        raise ConfigError(f"parallel.exchange_every={p.exchange_every!r}: only 'chapter' is implemented "
-                          "(per-batch exchange is future work)")
+        return run_every_k_steps(job, exchange_period(p.exchange_every, warm))
     blocks = layer_blocks(len(net.layers), world, p.layers_per_rank)
     owner = {f"layer.{i}": r for r, block in enumerate(blocks) for i in block}
     mine, upstream = [net.layers[i] for i in blocks[rank]], net.layers[: blocks[rank].start]
@@ -98,3 +105,65 @@ def run(job) -> None:
                     comm.send(labels, dst, f"negatives ch{later}", "negatives")
     units = list(net.layers) + ([head] if head is not None else [])
     comm.collect(units, {**owner, "classifier": last_rank}, with_opt)
+
+
+def exchange_period(value, warm: bool) -> int:
+    try:
+        k = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"parallel.exchange_every must be 'chapter' or a number of steps, got {value!r}") from None
+    if k < 1:
+        raise ConfigError(f"parallel.exchange_every must be >= 1 steps, got {k}")
+    if not warm:
+        raise ConfigError("parallel.exchange_every=<steps> runs every rank at once on fresh upstream weights; "
+                          "it needs parallel.warm_start=true")
+    return k
+
+
+def run_every_k_steps(job, k: int) -> None:
+    """Single-Layer PFF with the upstream layers refreshed every ``k`` steps (see the module doc)."""
+    net, comm, rank, world, p = job.net, job.comm, job.env.rank, job.env.world_size, job.cfg.parallel
+    blocks = layer_blocks(len(net.layers), world, p.layers_per_rank)
+    if any(len(b) != 1 for b in blocks):
+        raise ConfigError(f"parallel.exchange_every=<steps> needs one layer per rank: {len(net.layers)} layers "
+                          f"on {world} ranks")
+    layer, upstream = net.layers[rank], net.layers[:rank]
+    total = job.num_chapters * job.epochs_per_chapter * -(-len(job.data.train) // job.batch_size)
+    state = {"step": 0, "pending": None}
+    shared_negatives = job.negatives.name == "adaptive"
+    if shared_negatives:
+        raise ConfigError("parallel.exchange_every=<steps> supports random and fixed negatives")
+
+    def steps(inputs, order):
+        for batch in inputs(order):
+            for u in upstream:
+                batch = u.module.propagate(batch)
+            yield batch
+            state["step"] += 1
+            s = state["step"]
+            if s % k or s >= total:
+                continue
+            if s + k < total:  # a downstream rank loads this version at its step s + k
+                for dst in range(rank + 1, world):
+                    comm.send_trainee(layer, dst, False)
+            if upstream:
+                for incoming in state["pending"] or []:  # published at step s - k
+                    incoming.wait()
+                state["pending"] = ([comm.recv_trainee(u, j, False) for j, u in enumerate(upstream)]
+                                    if s + k < total else None)
+
+    for chapter in job.chapters(complete=False):
+        x = job.train_inputs(chapter)
+        stream = job.input_stream(x, job.negative_labels(chapter, x))
+        order = job.rng("shuffle", chapter, layer.name)
+
+        def inputs(gen, stream=stream):
+            perm = torch.randperm(len(stream[0]), device=stream[0].device, generator=gen)
+            return (tuple(t[idx] for t in stream) for idx in perm.split(job.batch_size))
+
+        job.train(layer, None, chapter, batches=lambda epoch, o=order, i=inputs: steps(i, o))
+        if rank == world - 1:
+            job.fit_classifier(x, chapter)
+    head = net.classifier.head
+    units = list(net.layers) + ([head] if head is not None else [])
+    comm.collect(units, {**{u.name: i for i, u in enumerate(net.layers)}, "classifier": world - 1}, True)
