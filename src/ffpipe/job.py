@@ -228,8 +228,13 @@ class Job:
         checkpoint.save(self.ckpt_path, checkpoint.capture(self.net, self.negatives, chapter, self.config))
         self.ckpt_seconds += time.perf_counter() - t0
 
-    def summary(self, telemetry: dict | None = None) -> dict:
-        """Final evaluation and the facts of the run, as written to ``summary.json`` (rank 0)."""
+    def summary(self, telemetry: dict | None = None, rows: list[dict] | None = None) -> dict:
+        """Final evaluation and the facts of the run, as written to ``summary.json`` (rank 0).
+        ``rows``: every rank's per-chapter metrics; each unit's final loss is from the last
+        chapter that trained it, whichever rank that was."""
+        final_losses = {}
+        for row in sorted(rows if rows is not None else self.metrics_rows, key=lambda r: r["chapter"]):
+            final_losses.update({k.removesuffix("/loss"): v for k, v in row.items() if k.endswith("/loss")})
         test_acc, train_acc = self._timed_eval(self.data.test), self._timed_eval(self.data.train)
         trained_chapters = self.num_chapters - self.start_chapter
         samples = len(self.data.train) * self.epochs_per_chapter * trained_chapters
@@ -263,7 +268,7 @@ class Job:
             "device": str(self.env.device),
             "backend": self.env.backend,
             "torch": torch.__version__,
-            "final_losses": {k: float(v.loss) for k, v in self.stats.items()},
+            "final_losses": final_losses,
             "checkpoint": str(self.ckpt_path) if self.ckpt_path.exists() else None,
             "run_dir": str(self.run_dir),
         }
