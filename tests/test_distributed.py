@@ -115,10 +115,10 @@ def test_single_layer_warm_start_and_adaptive_negatives_are_reproducible(tmp_pat
     assert neg == (a["chapters"] - 2) * a["num_train"] * 8
 
 
-@pytest.mark.parametrize("extra", [["parallel.partition=iid"],
-                                   ["parallel.partition=dirichlet", "parallel.dirichlet_alpha=0.3"]])
-def test_federated_trains_on_private_shards(tmp_path, extra):
-    s = torchrun(tmp_path, 2, "parallel=pff_federated", *extra)
+@pytest.mark.parametrize("world,extra", [(2, ["parallel.partition=iid"]), (4, ["parallel.partition=iid", "train.epochs=16", "train.chapters=8"]),
+                                         (2, ["parallel.partition=dirichlet", "parallel.dirichlet_alpha=0.3"])])
+def test_federated_trains_on_private_shards(tmp_path, world, extra):
+    s = torchrun(tmp_path, world, "parallel=pff_federated", *extra)
     assert s["test_accuracy"] > 0.4
     assert set(s["ranks"][0]["bytes_sent_by_kind"]) == {"weights"}  # only weights cross
 
@@ -129,22 +129,35 @@ def test_perf_opt_layers_under_pff(tmp_path, schedule):
     assert s["test_accuracy"] > 0.5 and s["classifier"] == "perf_opt_heads"
 
 
-def test_dff_sends_activations_every_batch(tmp_path):
-    s = torchrun(tmp_path, 3, "parallel=dff")  # smoke: 3 layers of 64
+@pytest.mark.parametrize("world", [2, 4])
+def test_dff_sends_activations_every_batch(tmp_path, world):
+    s = torchrun(tmp_path, world, "parallel=dff", f"model.widths={[64] * world}".replace(" ", ""))
     assert s["test_accuracy"] > 0.5
-    # every epoch: every sample's positive and negative activations cross both boundaries
+    # every epoch: every sample's positive and negative activations cross every boundary
     act = sum(r["bytes_sent_by_kind"].get("activations", 0) for r in s["ranks"])
-    assert act == s["epochs"] * s["num_train"] * 2 * 64 * 4 * 2
+    assert act == s["epochs"] * s["num_train"] * 2 * 64 * 4 * (world - 1)
     for r in s["ranks"]:
         assert list(r["trained_steps"]) == [f"layer.{r['rank']}"] + (["classifier"] if r["rank"] == 0 else [])
 
 
-@pytest.mark.parametrize("schedule", ["gpipe", "1f1b"])
-def test_backprop_pipeline(tmp_path, schedule):
-    s = torchrun(tmp_path, 2, "parallel=backprop_pipeline", f"parallel.schedule={schedule}", "optim.lr=0.01")
+@pytest.mark.parametrize("world,schedule", [(2, "gpipe"), (2, "1f1b"), (4, "1f1b")])
+def test_backprop_pipeline(tmp_path, world, schedule):
+    s = torchrun(tmp_path, world, "parallel=backprop_pipeline", f"parallel.schedule={schedule}", "optim.lr=0.01",
+                 *FOUR)
     assert s["test_accuracy"] > 0.5
-    assert [list(r["trained_steps"]) for r in s["ranks"]] == [["stage.0"], ["stage.1"]]
+    assert [list(r["trained_steps"]) for r in s["ranks"]] == [[f"stage.{i}"] for i in range(world)]
     assert all(r["bytes_sent_by_kind"] for r in s["ranks"])  # activations forward, gradients back
+
+
+def test_single_layer_exchanges_every_k_steps(tmp_path):
+    args = ["parallel=pff_single_layer", "parallel.warm_start=true", "parallel.exchange_every=3"]
+    a = torchrun(tmp_path, 2, *args, "model.widths=[64,64]", name="a")
+    b = torchrun(tmp_path, 2, *args, "model.widths=[64,64]", name="b")
+    assert a["test_accuracy"] == b["test_accuracy"] > 0.5
+    # 8 steps per epoch, 16 epochs... here 4 epochs x 8 steps = 32 steps: rank 0 publishes layer.0
+    # (weights only) after steps 3, 6, ..., 27 (each used 3 steps later, before step 32)
+    weights = a["ranks"][0]["bytes_sent_by_kind"]["weights"]
+    assert weights == 9 * 4 * (64 * 64 + 64)
 
 
 def test_distributed_schedule_without_torchrun_names_the_command(tmp_path):
