@@ -8,9 +8,10 @@ Schedules exchange three kinds of things, always point to point and always async
 - activations (DFF), one tensor per batch.
 
 ``send`` never blocks compute: it enqueues an ``isend`` (NCCL: on NCCL's own stream; gloo: on its
-background thread) and keeps the buffer alive until the transfer completes. ``recv`` posts an
-``irecv`` at once and returns an :class:`Incoming`; the receive is only waited for (and timed as
-``recv-wait``) when the schedule needs the data. Every byte is counted on the rank's
+background thread) and keeps the buffer alive until the transfer completes. ``recv`` returns an
+:class:`Incoming` at once (gloo posts the ``irecv`` immediately; NCCL when it is waited for, see
+``Comm.eager``); the receive is only waited for (and timed as ``recv-wait``) when the schedule
+needs the data. Messages between two ranks are matched in the order they are posted. Every byte is counted on the rank's
 :class:`~ffpipe.telemetry.Timeline`.
 
 When several ranks share one GPU, NCCL cannot run (one communicator per device); the backend is then
@@ -24,7 +25,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from ffpipe.errors import CommError
+from ffpipe.errors import CommError, ConfigError
 from ffpipe.telemetry import Timeline
 
 
@@ -64,17 +65,25 @@ def packed_numel(trainee, with_optimizer: bool) -> int:
 
 
 class Incoming:
-    """A posted receive; :meth:`wait` blocks (timed as ``recv-wait``) and returns the tensor."""
+    """A receive; :meth:`wait` blocks (timed as ``recv-wait``) and returns the tensor."""
 
-    def __init__(self, comm: Comm, work, buf: torch.Tensor, src: int, what: str, on_arrival=None):
-        self.comm, self.work, self.buf, self.src, self.what = comm, work, buf, src, what
+    def __init__(self, comm: Comm, buf: torch.Tensor, src: int, what: str, on_arrival=None, eager: bool = True):
+        self.comm, self.work, self.buf, self.src, self.what = comm, None, buf, src, what
         self.on_arrival, self.value = on_arrival, None
+        if eager:
+            self.post()
 
-    def ready(self) -> bool:
-        return self.value is not None or self.work.is_completed()
+    def post(self) -> None:
+        try:
+            self.work = dist.irecv(self.buf, self.src)
+        except Exception as e:
+            raise CommError(f"rank {self.comm.rank}: receiving {self.what} from rank {self.src} failed "
+                            f"({str(e).splitlines()[0]}); another rank probably died") from None
 
     def wait(self):
         if self.value is None:
+            if self.work is None:
+                self.post()
             with self.comm.timeline.span("recv-wait", f"recv {self.what} <- {self.src}"):
                 self.comm._wait(self.work, f"receiving {self.what} from rank {self.src}")
                 data = self.buf.to(self.comm.device, non_blocking=True) if self.comm.staged else self.buf
@@ -83,9 +92,16 @@ class Incoming:
 
 
 class Comm:
-    def __init__(self, rank: int, device: torch.device, timeline: Timeline):
+    def __init__(self, rank: int, device: torch.device, timeline: Timeline, post_receives: str = "auto"):
         self.rank, self.device, self.timeline = rank, device, timeline
-        self.staged = dist.is_initialized() and dist.get_backend() == "gloo" and device.type == "cuda"
+        backend = dist.get_backend() if dist.is_initialized() else None
+        self.staged = backend == "gloo" and device.type == "cuda"
+        # gloo receives in the background, so receives are posted as soon as they are known. NCCL
+        # runs a rank's point-to-point ops in order on one stream: a receive posted early would hold
+        # back every later send, so under NCCL a receive is posted when it is waited for.
+        if post_receives not in ("auto", "early", "on_wait"):
+            raise ConfigError(f"dist.post_receives must be auto, early or on_wait, got {post_receives!r}")
+        self.eager = backend != "nccl" if post_receives == "auto" else post_receives == "early"
         self.pending: list[tuple[object, torch.Tensor, str]] = []
 
     def _wait(self, work, what: str) -> None:
@@ -98,12 +114,12 @@ class Comm:
 
     # -- raw tensors -----------------------------------------------------------------------------
 
-    def send(self, tensor: torch.Tensor, dst: int, what: str, kind: str = "weights", tag: int = 0) -> None:
+    def send(self, tensor: torch.Tensor, dst: int, what: str, kind: str = "weights") -> None:
         with self.timeline.span("send", f"send {what} -> {dst}"):
             buf = tensor.detach()
             buf = buf.cpu() if self.staged else buf.contiguous()
             try:
-                work = dist.isend(buf, dst, tag=tag)
+                work = dist.isend(buf, dst)
             except Exception as e:
                 raise CommError(f"rank {self.rank}: sending {what} to rank {dst} failed "
                                 f"({str(e).splitlines()[0]}); another rank probably died") from None
@@ -111,16 +127,11 @@ class Comm:
         self.pending.append((work, buf, f"sending {what} to rank {dst}"))
         self.pending = [p for p in self.pending if not p[0].is_completed()]
 
-    def recv(self, shape, dtype: torch.dtype, src: int, what: str, kind: str = "weights", tag: int = 0,
+    def recv(self, shape, dtype: torch.dtype, src: int, what: str, kind: str = "weights",
              on_arrival=None) -> Incoming:
         buf = torch.empty(shape, dtype=dtype, device="cpu" if self.staged else self.device)
-        try:
-            work = dist.irecv(buf, src, tag=tag)
-        except Exception as e:
-            raise CommError(f"rank {self.rank}: receiving {what} from rank {src} failed "
-                            f"({str(e).splitlines()[0]}); another rank probably died") from None
         self.timeline.count(kind, received=buf.numel() * buf.element_size())
-        return Incoming(self, work, buf, src, what, on_arrival)
+        return Incoming(self, buf, src, what, on_arrival, eager=self.eager)
 
     def flush(self) -> None:
         """Wait for every send still in flight (before the process group goes away)."""
@@ -131,16 +142,15 @@ class Comm:
 
     # -- trainees --------------------------------------------------------------------------------
 
-    def send_trainee(self, trainee, dst: int, with_optimizer: bool, tag: int = 0) -> None:
-        self.send(pack(trainee, with_optimizer), dst, trainee.name, "weights", tag)
+    def send_trainee(self, trainee, dst: int, with_optimizer: bool) -> None:
+        self.send(pack(trainee, with_optimizer), dst, trainee.name, "weights")
 
-    def recv_trainee(self, trainee, src: int, with_optimizer: bool, tag: int = 0) -> Incoming:
+    def recv_trainee(self, trainee, src: int, with_optimizer: bool) -> Incoming:
         """Post the receive of ``trainee``'s state; ``.wait()`` loads it into ``trainee``."""
         def load(flat):
             unpack(trainee, flat, with_optimizer)
             return trainee
-        return self.recv((packed_numel(trainee, with_optimizer),), torch.float32, src, trainee.name, "weights",
-                         tag, load)
+        return self.recv((packed_numel(trainee, with_optimizer),), torch.float32, src, trainee.name, "weights", load)
 
     def collect(self, trainees, owner_of: dict[str, int], with_optimizer: bool, dst: int = 0) -> None:
         """Bring every trainee's final state from its owner to rank ``dst`` (for evaluation, the

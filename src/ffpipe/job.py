@@ -74,7 +74,7 @@ class Job:
         self.metrics_path = self.run_dir / "metrics.jsonl"
         self.ckpt_every = config_int(cfg.checkpoint.every, "checkpoint.every", 0)
         self.timeline = Timeline(env.rank, env.device)
-        self.comm = Comm(env.rank, env.device, self.timeline)
+        self.comm = Comm(env.rank, env.device, self.timeline, cfg.dist.get("post_receives", "auto"))
         self.tracker = Tracker(cfg.logger, str(self.run_dir), self.config, env.is_main)
         self.start_chapter = self._maybe_resume(cfg.train.get("resume"))
         self.train_seconds = self.eval_seconds = self.ckpt_seconds = 0.0

@@ -80,10 +80,10 @@ class Trainee:
     def to(self, device) -> Trainee:
         """Move the module and its optimizer state (parameters keep their identity)."""
         self.module.to(device)
+        fused = self.optimizer.defaults.get("fused")
         for state in self.optimizer.state.values():
             for k, v in state.items():
-                if torch.is_tensor(v) and not (k == "step" and v.device.type == "cpu" and v.dim() == 0
-                                               and not self.optimizer.defaults.get("fused")):
+                if torch.is_tensor(v) and (fused or k != "step"):  # unfused Adam keeps its step on the host
                     state[k] = v.to(device)
         return self
 
