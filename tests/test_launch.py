@@ -37,3 +37,24 @@ def test_torchrun_runs_the_training_module(tmp_path):
     summaries = list(tmp_path.rglob("summary.json"))
     assert len(summaries) == 1
     assert json.loads(summaries[0].read_text())["world_size"] == 1
+
+
+def test_launch_scripts_parse():
+    for script in ("torchrun.sh", "multinode.sh", "slurm.sbatch"):
+        out = subprocess.run(["bash", "-n", str(REPO / "launch" / script)], capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+
+
+def test_telemetry_counts_waits_inside_compute_as_waiting():
+    from ffpipe.telemetry import analyse
+    spans = [("compute", "train", 0.0, 10.0), ("recv-wait", "recv", 2.0, 5.0), ("send", "send", 6.0, 7.0),
+             ("compute", "eval", 12.0, 14.0)]
+    rec = {"rank": 0, "t0_wall": 100.0, "end": 20.0, "spans": spans, "bytes_sent": 8, "bytes_received": 4,
+           "messages_sent": 1, "messages_received": 1, "sent_by_kind": {"weights": 8}, "steps": {}, "device": "cpu"}
+    late = {**rec, "rank": 1, "t0_wall": 105.0, "end": 10.0, "spans": [("compute", "train", 0.0, 10.0)]}
+    out = analyse([rec, late])
+    r0, r1 = out["ranks"]
+    assert out["wall_seconds"] == 20.0  # rank 1 started 5 s later and ended at 15 s on rank 0's clock
+    assert r0["compute_seconds"] == 8.0 and r0["recv_wait_seconds"] == 3.0 and r0["send_seconds"] == 1.0
+    assert r0["utilization"] == 0.4 and r0["bubble_fraction"] == (3.0 + 8.0) / 20.0
+    assert r1["utilization"] == 0.5
