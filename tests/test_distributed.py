@@ -126,6 +126,7 @@ def test_federated_trains_on_private_shards(tmp_path, world, extra):
     s = torchrun(tmp_path, world, "parallel=pff_federated", *extra)
     assert s["test_accuracy"] > 0.4
     assert set(s["ranks"][0]["bytes_sent_by_kind"]) == {"weights"}  # only weights cross
+    assert sum(s["shards"]["sizes"]) == s["num_train"] and len(s["shards"]["sizes"]) == world
 
 
 @pytest.mark.parametrize("schedule", ["pff_all_layers", "pff_single_layer"])

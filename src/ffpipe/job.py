@@ -80,6 +80,7 @@ class Job:
         self.train_seconds = self.eval_seconds = self.ckpt_seconds = 0.0
         self.stats: dict[str, UnitStats] = {}
         self.metrics_rows: list[dict] = []  # this rank's per-chapter metrics (gathered at the end)
+        self.facts: dict = {}  # schedule-specific facts for summary.json (e.g. federated shards)
         self.last: dict[str, str] = {}  # progress-bar postfix
 
     def _maybe_resume(self, path) -> int:
@@ -272,6 +273,7 @@ class Job:
             "checkpoint": str(self.ckpt_path) if self.ckpt_path.exists() else None,
             "run_dir": str(self.run_dir),
         }
+        out.update(self.facts)
         if telemetry:
             out.update(telemetry)
             ranks = telemetry["ranks"]

@@ -44,6 +44,8 @@ def run(job) -> None:
     p, train = job.cfg.parallel, job.data.train
     shard = partition(train.y, job.env.world_size, p.partition, float(p.dirichlet_alpha), int(job.cfg.seed))
     mine = shard[job.env.rank].to(train.y.device)
-    job.shard_info = {"partition": p.partition, "shard_sizes": [len(s) for s in shard],
-                      "classes_per_shard": [int(train.y.cpu()[s].unique().numel()) for s in shard]}
+    labels = train.y.cpu()
+    job.facts["shards"] = {"partition": p.partition, "sizes": [len(s) for s in shard],
+                           "class_counts": [torch.bincount(labels[s], minlength=job.data.num_classes).tolist()
+                                            for s in shard]}
     ring(job, train.x[mine], train.y[mine])
