@@ -3,6 +3,7 @@
 Runs, one after another, each its own process tree and run directory (``--out``):
 
 1. sequential FF on one thread, and on two threads (the same machine's fair baseline);
+   every process of the 2-core comparison is pinned to its own core(s) (``dist.pin_cpu=true``);
 2. All-Layers PFF and Single-Layer PFF on 2 single-thread ranks (the paper's measure: N compute
    units vs one), same config (``experiment=mnist10k`` unless overridden);
 3. the backprop MLP through ``torch.distributed.pipelining`` with GPipe and with 1F1B on the same 2
@@ -26,7 +27,7 @@ from pathlib import Path
 
 from ffpipe.sweep import launch
 
-BASE = ["experiment=mnist10k", "train.eval_every=0", "checkpoint.every=0"]
+BASE = ["experiment=mnist10k", "train.eval_every=0", "checkpoint.every=0", "dist.pin_cpu=true"]
 PAPER_NET = ["model.widths=[2000,2000,2000,2000]", "train.batch_size=64", "data=synthetic",
              "data.image_shape=[1,28,28]", "data.num_test=1000", "train.eval_every=0", "checkpoint.every=0"]
 

@@ -67,13 +67,26 @@ def choose_backend(name: str, device: torch.device) -> str:
     return name
 
 
+def pin_cores(local_rank: int, threads: int) -> None:
+    """Pin this process to its own ``threads`` cores (local rank r gets cores r*threads, ...)."""
+    cores = sorted(os.sched_getaffinity(0))
+    mine = cores[local_rank * threads: (local_rank + 1) * threads]
+    if len(mine) < threads:
+        raise ConfigError(f"dist.pin_cpu=true: local rank {local_rank} needs cores {local_rank * threads}.."
+                          f"{(local_rank + 1) * threads - 1} but only {len(cores)} are available")
+    os.sched_setaffinity(0, mine)
+
+
 def setup(device_name: str, threads: int | None = None, backend: str = "auto",
-          timeout_s: float = 600) -> DistEnv:
+          timeout_s: float = 600, pin_cpu: bool = False) -> DistEnv:
     """Join the process group if launched by torchrun, pick this rank's device and backend.
-    ``timeout_s`` bounds how long a collective or transfer may wait for a peer."""
+    ``timeout_s`` bounds how long a collective or transfer may wait for a peer; ``pin_cpu`` pins
+    each local rank to its own ``threads`` cores."""
     rank, world = env_rank(), env_world_size()
     local = int(os.environ.get("LOCAL_RANK", "0"))
     device = resolve_device(device_name, local)
+    if pin_cpu:
+        pin_cores(local, int(threads or 1))
     if threads:
         torch.set_num_threads(int(threads))
     if device.type == "cuda":

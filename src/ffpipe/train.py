@@ -71,7 +71,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict | None:
     rank 0; other ranks return None."""
     schedule = get_schedule(cfg.parallel.name)
     check_launch(schedule, cfg.parallel.name, distributed.env_world_size())
-    env = distributed.setup(cfg.device, cfg.get("threads"), cfg.dist.backend, cfg.dist.timeout_s)
+    env = distributed.setup(cfg.device, cfg.get("threads"), cfg.dist.backend, cfg.dist.timeout_s,
+                            bool(cfg.dist.get("pin_cpu", False)))
     if not env.is_main:  # other ranks: warnings, plus their own chapter lines
         logging.getLogger().setLevel(logging.WARNING)
         logging.getLogger("ffpipe.chapters").setLevel(logging.INFO)

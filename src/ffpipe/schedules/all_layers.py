@@ -5,8 +5,9 @@ chapter ``c`` trains every layer bottom-up (then the softmax head), starting eac
 chapter ``c - 1`` produced: it receives that version from the previous rank on the ring as soon as
 that rank finished it, and passes its own version on to the next rank as soon as it is done. So
 rank ``r + 1`` trains layer 0 of chapter ``c + 1`` while rank ``r`` trains layer 1 of chapter ``c``:
-a wavefront that keeps all ranks busy after a one-layer start-up. Each rank draws its own negatives
-for its chapter from the network as it last saw it (AdaptiveNEG: its previous chapter's network).
+a wavefront that keeps all ranks busy after a one-layer start-up. Each rank refreshes its own
+negatives right after its chapter, for its next one (AdaptiveNEG: from the network it just trained),
+so a chapter starts training the moment its first layer arrives.
 
 Only layer states cross (parameters, plus optimizer state unless
 ``parallel.send_optimizer_state=false``). With random or fixed negatives the result equals
@@ -20,6 +21,12 @@ def run(job) -> None:
     ring(job)
 
 
+def chapter_inputs(job, chapter: int, x_all, y):
+    """A chapter's images and its input stream, with negatives from this rank's current network."""
+    x = job.train_inputs(chapter, x_all)
+    return x, job.input_stream(x, job.negative_labels(chapter, x, y), y)
+
+
 def ring(job, x_all=None, y=None) -> None:
     """The ring over ``(x_all, y)`` (default: the whole training split; Federated PFF passes this
     rank's private shard)."""
@@ -27,11 +34,12 @@ def ring(job, x_all=None, y=None) -> None:
     with_opt = bool(job.cfg.parallel.send_optimizer_state)
     units = list(net.layers) + ([net.classifier.head] if net.classifier.head is not None else [])
     prev, nxt, last = (rank - 1) % world, (rank + 1) % world, job.num_chapters - 1
-    for chapter in job.chapters(owned=range(rank, job.num_chapters, world)):
+    owned = range(rank, job.num_chapters, world)
+    inputs = chapter_inputs(job, owned[0], x_all, y) if len(owned) else None
+    for chapter in job.chapters(owned=owned):
         # post every receive of this chapter now: each lands while we train the layers below it
         incoming = {u.name: comm.recv_trainee(u, prev, with_opt) for u in units} if chapter > 0 else {}
-        x = job.train_inputs(chapter, x_all)
-        stream = job.input_stream(x, job.negative_labels(chapter, x, y), y)
+        x, stream = inputs
         for layer in net.layers:
             if incoming:
                 incoming[layer.name].wait()
@@ -46,5 +54,7 @@ def ring(job, x_all=None, y=None) -> None:
             job.fit_classifier(x, chapter, y)
             if chapter < last:
                 comm.send_trainee(net.classifier.head, nxt, with_opt)
+        if chapter + world <= last:  # refresh negatives for this rank's next chapter, off the ring's path
+            inputs = chapter_inputs(job, chapter + world, x_all, y)
     # the final network lives on the last chapter's owner; rank 0 reports it
     comm.collect(units, {u.name: last % world for u in units}, with_opt)
