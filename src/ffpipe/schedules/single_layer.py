@@ -93,7 +93,7 @@ def run(job) -> None:
             if chapter + lag < chapters:  # a downstream rank will train on this version
                 for dst in range(rank + 1, world):
                     comm.send_trainee(layer, dst, with_opt)
-            if layer is not net.layers[-1]:
+            if layer is not mine[-1]:  # the next rank computes its own input from the weights
                 stream = job.propagate(layer, stream)
         if rank == last_rank:
             job.fit_classifier(x, chapter)
