@@ -55,6 +55,9 @@ def main(argv: list[str] | None = None) -> None:
         runs["paper_net_all_layers_4ranks"] = launch(
             [*PAPER_NET, "parallel=pff_all_layers", "data.num_train=1000", "train.epochs=4", "train.chapters=4"],
             root / "paper_net_all_layers_4ranks", 4)
+        runs["paper_net_all_layers_weights_only_4ranks"] = launch(
+            [*PAPER_NET, "parallel=pff_all_layers", "parallel.send_optimizer_state=false", "data.num_train=1000",
+             "train.epochs=4", "train.chapters=4"], root / "paper_net_all_layers_weights_only_4ranks", 4)
         runs["paper_net_dff_4ranks"] = launch(
             [*PAPER_NET, "parallel=dff", "data.num_train=60000", "train.epochs=1", "train.chapters=1"],
             root / "paper_net_dff_4ranks", 4)
@@ -87,6 +90,8 @@ def main(argv: list[str] | None = None) -> None:
         "acc_all_layers": al["test_accuracy"],
         "acc_single_layer": sl["test_accuracy"],
         "bytes_pff_per_epoch_paper_net": per_epoch(runs.get("paper_net_all_layers_4ranks"), "weights"),
+        "bytes_pff_weights_only_per_epoch_paper_net": per_epoch(runs.get("paper_net_all_layers_weights_only_4ranks"),
+                                                                "weights"),
         "bytes_dff_per_epoch_paper_net": per_epoch(runs.get("paper_net_dff_4ranks"), "activations"),
         "bytes_dff_weights_per_epoch_paper_net": per_epoch(runs.get("paper_net_dff_4ranks"), "weights"),
         "bubble_pff": al["mean_bubble_fraction"],
