@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from ffpipe.sweep import launch
+from ffpipe.sweep import collect, launch
 
 BASE = ["experiment=mnist10k", "train.eval_every=0", "checkpoint.every=0", "dist.pin_cpu=true"]
 PAPER_NET = ["model.widths=[2000,2000,2000,2000]", "train.batch_size=64", "data=synthetic",
@@ -73,6 +73,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"| {name} | {s['world_size']} x {s['threads']} | {100 * s['test_accuracy']:.2f} | "
               f"{s['train_seconds']:.1f} | {util} | {bubble} | {sum(r['bytes_sent'] for r in ranks) / 2**20:.1f} |")
 
+    print(file=sys.stderr)
+    collect(root)  # results.md / results.csv / plots.png over every run of the bench
     seq1, seq2 = runs["sequential_1thread"], runs["sequential_2threads"]
     al, sl = runs["all_layers_2ranks"], runs["single_layer_2ranks"]
 

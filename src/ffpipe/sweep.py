@@ -4,7 +4,7 @@
 runs every (schedule, world size) point (world size 1 runs ``parallel=sequential``, the baseline of
 the speedups) and then :func:`collect` turns the ``summary.json`` files into ``results.md``,
 ``results.csv`` and ``plots.png`` (speedup and parallel efficiency vs world size per schedule,
-accuracy per schedule, bytes per epoch, bubble fraction). ``python -m ffpipe.sweep --collect DIR``
+accuracy, bubble fraction and bytes per epoch per point). ``python -m ffpipe.sweep --collect DIR``
 re-collects a finished sweep. Points run one after another so they never compete for cores.
 """
 
@@ -50,7 +50,8 @@ def collect(root: Path) -> list[dict]:
     rows = []
     for path in sorted(Path(root).glob("*/summary.json")):
         s = json.loads(path.read_text())
-        rows.append({"name": path.parent.name, **{k: s.get(k) for k in COLUMNS if k in s}})
+        rows.append({"name": path.parent.name, **{k: s.get(k) for k in COLUMNS if k in s},
+                     "threads": s.get("threads")})
     base = next((r for r in rows if r["world_size"] == 1 and r["parallel"] == "sequential"), None)
     for r in rows:
         if base and r.get("train_seconds"):
@@ -84,7 +85,7 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
-    fig, ax = plt.subplots(1, 4, figsize=(20, 4))
+    fig, ax = plt.subplots(1, 5, figsize=(25, 4.5))
     by = {}
     for r in rows:
         by.setdefault(r["parallel"], []).append(r)
@@ -101,6 +102,8 @@ def plot(rows: list[dict], path: Path) -> None:
     ax[2].set_ylim(min(100 * (r.get("test_accuracy") or 0) for r in rows) - 1, 100)
     ax[3].bar(labels, [r.get("mean_bubble_fraction") or 0 for r in rows])
     ax[3].set(title="mean bubble fraction")
+    ax[4].bar(labels, [max(r.get("bytes_sent_per_epoch") or 0, 1) for r in rows])
+    ax[4].set(title="bytes sent per epoch (all ranks)", yscale="log")
     for a in ax[2:]:
         a.tick_params(axis="x", labelsize=7, rotation=60)
     for a in ax[:2]:
