@@ -99,11 +99,18 @@ def test_single_layer_trains_each_block_on_its_rank(tmp_path, world):
     assert pff["final_losses"] == seq["final_losses"]
     blocks = layer_blocks(4, world)
     steps = pff["chapters"] * steps_per_chapter(pff)
+    net = FFNet(*_cfgs(tmp_path), input_dim=64, num_classes=10, total_epochs=4)
     for r in pff["ranks"]:
-        expected = {f"layer.{i}": steps for i in blocks[r["rank"]]}
-        if r["rank"] == world - 1:
+        rank, own = r["rank"], [net.layers[i] for i in blocks[r["rank"]]]
+        expected = {f"layer.{i}": steps for i in blocks[rank]}
+        if rank == world - 1:
             expected["classifier"] = steps
         assert r["trained_steps"] == expected
+        # every chapter: own weights to each downstream rank; at the end: full state to rank 0
+        final = own + ([net.classifier.head] if rank == world - 1 else [])
+        sent = pff["chapters"] * (world - 1 - rank) * sum(4 * packed_numel(t, False) for t in own)
+        sent += (rank != 0) * sum(4 * packed_numel(t, True) for t in final)
+        assert r["bytes_sent"] == sent
 
 
 def test_single_layer_warm_start_and_adaptive_negatives_are_reproducible(tmp_path):

@@ -5,8 +5,8 @@ even as possible, earlier ranks taking the extra layer). In chapter ``c``, rank 
 
 1. passes the chapter's data (images, labels, negative labels) through the upstream layers as their
    owners published them for chapter ``c``,
-2. trains its own layers for epochs/chapters epochs each, and publishes each one to every
-   downstream rank the moment it is done;
+2. trains its own layers for epochs/chapters epochs each, and publishes each one (its weights) to
+   every downstream rank the moment it is done;
 3. the last rank then fits the softmax head and, with AdaptiveNEG, draws the negatives of a later
    chapter from its (complete) network and publishes them to every other rank.
 
@@ -67,7 +67,7 @@ def run(job) -> None:
     def post(chapter: int) -> None:
         v = chapter - lag
         if 0 <= v < chapters and upstream:
-            pending[v] = [comm.recv_trainee(u, owner[u.name], with_opt) for u in upstream]
+            pending[v] = [comm.recv_trainee(u, owner[u.name], False) for u in upstream]
         if shared_negatives and rank != last_rank and neg_lag <= chapter < chapters:
             neg_pending[chapter] = comm.recv(y.shape, y.dtype, last_rank, f"negatives ch{chapter}", "negatives")
 
@@ -90,9 +90,9 @@ def run(job) -> None:
             stream = job.propagate(layer, stream)
         for layer in mine:
             job.train(layer, stream, chapter)
-            if chapter + lag < chapters:  # a downstream rank will train on this version
-                for dst in range(rank + 1, world):
-                    comm.send_trainee(layer, dst, with_opt)
+            if chapter + lag < chapters:  # a downstream rank will train on this version (weights only:
+                for dst in range(rank + 1, world):  # nobody else ever trains this layer)
+                    comm.send_trainee(layer, dst, False)
             if layer is not mine[-1]:  # the next rank computes its own input from the weights
                 stream = job.propagate(layer, stream)
         if rank == last_rank:
