@@ -45,15 +45,27 @@ def launch(overrides: list[str], out_dir: Path, nproc: int = 1, threads: int | N
     return json.loads((out_dir / "summary.json").read_text())
 
 
+def _workload(s: dict) -> tuple:
+    """What must match for two runs' times to be comparable."""
+    return (s.get("dataset"), s.get("num_train"), s.get("epochs"), str((s.get("model") or {}).get("widths")),
+            s.get("batch_size"))
+
+
 def collect(root: Path) -> list[dict]:
-    """Every ``summary.json`` under ``root`` as a row; speedups against the world-size-1 run."""
-    rows = []
+    """Every ``summary.json`` under ``root`` as a row. Speedup and efficiency are against the
+    single-thread sequential run of the same workload (dataset, size, epochs, widths, batch), if any."""
+    rows, bases = [], {}
     for path in sorted(Path(root).glob("*/summary.json")):
         s = json.loads(path.read_text())
-        rows.append({"name": path.parent.name, **{k: s.get(k) for k in COLUMNS if k in s},
-                     "threads": s.get("threads")})
-    base = next((r for r in rows if r["world_size"] == 1 and r["parallel"] == "sequential"), None)
+        row = {"name": path.parent.name, **{k: s.get(k) for k in COLUMNS if k in s},
+               "threads": s.get("threads"), "workload": _workload(s)}
+        rows.append(row)
+        if row["parallel"] == "sequential" and row["world_size"] == 1:
+            best = bases.get(row["workload"])
+            if best is None or (row["threads"] or 1) < (best["threads"] or 1):
+                bases[row["workload"]] = row
     for r in rows:
+        base = bases.get(r["workload"])
         if base and r.get("train_seconds"):
             r["speedup"] = base["train_seconds"] / r["train_seconds"]
             r["efficiency"] = r["speedup"] / r["world_size"]
@@ -91,12 +103,13 @@ def plot(rows: list[dict], path: Path) -> None:
         by.setdefault(r["parallel"], []).append(r)
     for name, rs in by.items():
         rs = sorted(rs, key=lambda r: r["world_size"])
-        if any(r.get("speedup") for r in rs):
-            ax[0].plot([r["world_size"] for r in rs], [r.get("speedup") or 0 for r in rs], "o-", label=name)
-            ax[1].plot([r["world_size"] for r in rs], [r.get("efficiency") or 0 for r in rs], "o-", label=name)
+        rs = [r for r in rs if r.get("speedup")]
+        if rs:
+            ax[0].plot([r["world_size"] for r in rs], [r["speedup"] for r in rs], "o-", label=name)
+            ax[1].plot([r["world_size"] for r in rs], [r["efficiency"] for r in rs], "o-", label=name)
     ax[0].set(title="speedup vs sequential FF (1 rank)", xlabel="world size")
     ax[1].set(title="parallel efficiency", xlabel="world size")
-    labels = [f"{r['parallel']}\n{r['world_size']}r" for r in rows]
+    labels = [r["name"] for r in rows]
     ax[2].bar(labels, [100 * (r.get("test_accuracy") or 0) for r in rows])
     ax[2].set(title="test accuracy %")
     ax[2].set_ylim(min(100 * (r.get("test_accuracy") or 0) for r in rows) - 1, 100)

@@ -195,7 +195,7 @@ def write_gantt(all_records: list[dict], summary: dict, path: Path, title: str) 
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
     n = len(all_records)
-    fig, ax = plt.subplots(figsize=(12, 1.0 + 0.6 * n))
+    fig, ax = plt.subplots(figsize=(12, 1.2 + 0.5 * n))
     for r in all_records:
         y = r["rank"]
         ax.broken_barh([(0, summary["wall_seconds"])], (y - 0.4, 0.8), facecolors=COLORS["idle"])
@@ -207,10 +207,10 @@ def write_gantt(all_records: list[dict], summary: dict, path: Path, title: str) 
     ax.invert_yaxis()
     ax.set_xlabel("seconds")
     ax.set_xlim(0, summary["wall_seconds"])
-    ax.set_title(title)
+    ax.set_title(title, loc="left")
     handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in COLORS.values()]
-    ax.legend(handles, list(COLORS), loc="upper center", bbox_to_anchor=(0.5, -0.25 - 0.05 * (4 - min(n, 4))),
-              ncol=4, frameon=False)
+    ax.legend(handles, list(COLORS), loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=4, frameon=False,
+              fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
