@@ -18,6 +18,7 @@ import pytest
 import torch
 
 from ffpipe.comm import pack, packed_numel, unpack
+from ffpipe.evaluate import evaluate
 from ffpipe.model import FFNet
 from ffpipe.optim import Trainee
 from ffpipe.schedules.federated import partition
@@ -79,6 +80,8 @@ def test_all_layers_equals_sequential_and_trains_on_the_ring(tmp_path, world):
     assert pff["world_size"] == world and pff["wall_seconds"] > 0
     for r in pff["ranks"]:
         assert 0 < r["utilization"] <= 1 and 0 <= r["bubble_fraction"] < 1
+    # the final network was gathered on rank 0 and checkpointed: it evaluates to the same accuracy
+    assert evaluate(str(run_dir / "checkpoints" / "last.pt"), [])["test_accuracy"] == pff["test_accuracy"]
 
 
 def _cfgs(tmp_path):

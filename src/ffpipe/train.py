@@ -103,7 +103,8 @@ def run(cfg: DictConfig, run_dir: Path) -> dict | None:
         for rec in records:  # other ranks' chapters (rank 0 logged its own live)
             for row in rec["metrics"] if rec["rank"] != 0 else []:
                 job.tracker.log(row)
-        job.save_checkpoint(job.num_chapters - 1)  # the final network, gathered on rank 0 by the schedule
+        if job.ckpt_every:
+            job.save_checkpoint(job.num_chapters - 1)  # the final network, gathered on rank 0 by the schedule
     summary = job.summary(tele, [row for rec in records for row in rec["metrics"]])
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")

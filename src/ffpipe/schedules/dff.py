@@ -16,6 +16,7 @@ from collections import deque
 import torch
 
 from ffpipe.errors import ConfigError
+from ffpipe.ff import shuffled_batches
 
 MIN_WORLD_SIZE = 2
 
@@ -61,8 +62,7 @@ def run(job) -> None:
             order = job.rng("shuffle", chapter, layer.name)
 
             def batches(epoch, stream=stream, order=order):
-                perm = torch.randperm(n, device=stream[0].device, generator=order)
-                return relay(tuple(t[idx] for t in stream) for idx in perm.split(job.batch_size))
+                return relay(shuffled_batches(stream, job.batch_size, order))
         else:
             def batches(epoch):
                 return relay(from_upstream(epoch))

@@ -24,9 +24,8 @@ steps earlier (one period of slack, so nobody waits in steady state, and the run
 deterministic). Fresher upstream weights cost an upstream forward per batch and more traffic.
 """
 
-import torch
-
 from ffpipe.errors import ConfigError
+from ffpipe.ff import shuffled_batches
 
 MIN_WORLD_SIZE = 2
 
@@ -134,8 +133,8 @@ def run_every_k_steps(job, k: int) -> None:
     if shared_negatives:
         raise ConfigError("parallel.exchange_every=<steps> supports random and fixed negatives")
 
-    def steps(inputs, order):
-        for batch in inputs(order):
+    def steps(stream, order):
+        for batch in shuffled_batches(stream, job.batch_size, order):
             for u in upstream:
                 batch = u.module.propagate(batch)
             yield batch
@@ -156,12 +155,7 @@ def run_every_k_steps(job, k: int) -> None:
         x = job.train_inputs(chapter)
         stream = job.input_stream(x, job.negative_labels(chapter, x))
         order = job.rng("shuffle", chapter, layer.name)
-
-        def inputs(gen, stream=stream):
-            perm = torch.randperm(len(stream[0]), device=stream[0].device, generator=gen)
-            return (tuple(t[idx] for t in stream) for idx in perm.split(job.batch_size))
-
-        job.train(layer, None, chapter, batches=lambda epoch, o=order, i=inputs: steps(i, o))
+        job.train(layer, None, chapter, batches=lambda epoch, s=stream, o=order: steps(s, o))
         if rank == world - 1:
             job.fit_classifier(x, chapter)
     head = net.classifier.head
