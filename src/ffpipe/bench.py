@@ -14,26 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+from ffpipe.sweep import launch
+
 FF_ARGS = ["experiment=mnist10k"]
 BP_ARGS = ["experiment=mnist10k", "parallel=backprop", "optim.lr=0.001"]
-
-
-def train(overrides: list[str], out_dir: Path) -> dict:
-    """Run one training process and return its summary."""
-    env = {**os.environ, "FFPIPE_OUTPUT_DIR": str(out_dir)}
-    cmd = [sys.executable, "-m", "ffpipe.train", "train.progress=false", *overrides]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        sys.stderr.write(proc.stderr[-4000:])
-        raise SystemExit(f"bench: training failed ({' '.join(overrides)})")
-    run_dir = Path(proc.stdout.strip().splitlines()[-1].removeprefix("run directory: "))
-    return json.loads((run_dir / "summary.json").read_text())
 
 
 def row(name: str, split, s: dict) -> str:
@@ -55,11 +43,12 @@ def main(argv: list[str] | None = None) -> None:
     ff = {}
     for split in splits:
         print(f"bench: FF on split {split} ...", file=sys.stderr, flush=True)
-        ff[split] = train([*FF_ARGS, f"data.split_seed={split}", *args.overrides], out / f"ff_split{split}")
+        ff[split] = launch([*FF_ARGS, f"data.split_seed={split}", *args.overrides], out / f"ff_split{split}",
+                           threads=None)
     bp = None
     if not args.no_backprop:
         print(f"bench: backprop on split {splits[0]} ...", file=sys.stderr, flush=True)
-        bp = train([*BP_ARGS, f"data.split_seed={splits[0]}", *args.overrides], out / "bp")
+        bp = launch([*BP_ARGS, f"data.split_seed={splits[0]}", *args.overrides], out / "bp", threads=None)
 
     first = ff[splits[0]]
     print(f"\nMNIST10k ({first['num_train']} train / {first['num_test']} test), "

@@ -11,8 +11,8 @@ Schedules exchange three kinds of things, always point to point and always async
 background thread) and keeps the buffer alive until the transfer completes. ``recv`` returns an
 :class:`Incoming` at once (gloo posts the ``irecv`` immediately; NCCL when it is waited for, see
 ``Comm.eager``); the receive is only waited for (and timed as ``recv-wait``) when the schedule
-needs the data. Messages between two ranks are matched in the order they are posted. Every byte is counted on the rank's
-:class:`~ffpipe.telemetry.Timeline`.
+needs the data. Messages between two ranks are matched in the order they are posted. Every byte is
+counted on the rank's :class:`~ffpipe.telemetry.Timeline`.
 
 When several ranks share one GPU, NCCL cannot run (one communicator per device); the backend is then
 gloo and tensors are staged through host memory here. A peer that dies (or a transfer that fails)

@@ -4,7 +4,7 @@ A schedule only says what happens inside a chapter, through the job::
 
     for chapter in job.chapters():
         x = job.train_inputs(chapter)
-        stream = job.input_stream(chapter, x)
+        stream = job.input_stream(x, job.negative_labels(chapter, x))
         for layer in job.net.layers:
             job.train(layer, stream, chapter)
             stream = job.propagate(layer, stream)

@@ -29,17 +29,13 @@ class Timeline:
     def __init__(self, rank: int, device: torch.device):
         self.rank, self.device = rank, device
         self.cuda = device.type == "cuda"
-        self.spans: list[tuple[str, str, object, object]] = []  # kind, name, start, end (events or floats)
-        self.bytes_sent = self.bytes_received = 0
-        self.messages_sent = self.messages_received = 0
-        self.steps: dict[str, int] = {}  # optimizer steps per trainee name, on this rank
         self.start()
 
     def start(self) -> None:
-        """(Re)start the clock: the wall-clock origin and, on CUDA, a base event."""
-        self.spans.clear()
+        """(Re)start the clock (the wall-clock origin and, on CUDA, a base event) and the counters."""
+        self.spans: list[tuple[str, str, object, object]] = []  # kind, name, start, end (events or floats)
         self.bytes_sent = self.bytes_received = self.messages_sent = self.messages_received = 0
-        self.steps.clear()
+        self.steps: dict[str, int] = {}  # optimizer steps per trainee name, on this rank
         self.sent_by_kind: dict[str, int] = {}
         self._open: dict = {}
         self.t0_wall, self.t0 = time.time(), time.perf_counter()
